@@ -1,0 +1,141 @@
+"""Chunkwise-parallel decay scan in PyTorch (MATH.md section 1), differentiable.
+
+Inside a chunk of C tokens everything is a matrix product; only the
+[B, H, K, V] state is carried from chunk to chunk:
+
+    1. b = cumulative log-decay inside each chunk (b_C: the chunk total)
+    2. intra-chunk output   O  = (A masked to s <= t) V,  A_ts = sum_k q_tk k_sk e^{b_tk - b_sk}
+    3. chunk states         S_n = e^{b_C} S_{n-1} + (K e^{b_C - b})^T V
+    4. inter-chunk output   O += (Q e^{b}) S_{n-1}
+
+Every exponent is <= 0, so nothing overflows however strong the decay: the
+diagonal-decay scores of step 2 use pairwise differences on 16-token
+sub-blocks and a reference point between the sub-blocks (never a bare e^{-b}).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .. import varlen
+from ..dtypes import compute_dtype, upcast
+from ..registry import register
+from .step import decay_step, log_decay_at
+
+DEFAULT_CHUNK = 64
+SUB_BLOCK = 16
+
+
+@register("decay", "chunk")
+def decay_chunk(q, k, v, g=None, *, scale, initial_state=None, output_final_state=False,
+                cu_seqlens=None, chunk_size=None):
+    """Chunkwise backend; same contract as :func:`linscan.ops.decay_scan`."""
+    B, T, H, K = q.shape
+    if g is not None and g.dim() == 1:
+        g = g.view(1, 1, H).expand(B, T, H)                     # (B, T, H)
+    if cu_seqlens is not None:
+        # zero keys and zero log-decay in the padding leave each final state untouched
+        o, state = decay_chunk(*(varlen.pad(x, cu_seqlens) for x in (q, k, v, g)), scale=scale,
+                               initial_state=initial_state, output_final_state=output_final_state,
+                               chunk_size=chunk_size)
+        return varlen.unpad(o, cu_seqlens), state
+
+    dtype = compute_dtype(q)
+    qc, kc, vc, gc = upcast(q, k, v, g, dtype=dtype)
+    state = qc.new_zeros(B, H, K, v.shape[-1]) if initial_state is None else initial_state.to(dtype)
+    if T == 1:
+        o, state = decay_step(qc[:, 0] * scale, kc[:, 0], vc[:, 0], log_decay_at(gc, 0), state)
+        o = o[:, None]
+    else:
+        o, state = _chunked(qc * scale, kc, vc, gc, state, chunk_size or DEFAULT_CHUNK)
+    return o.to(q.dtype), (state if output_final_state else None)
+
+
+def _chunked(q, k, v, g, state, C):
+    """q, k: [B, T, H, K]; v: [B, T, H, V]; g: None | [B, T, H] | [B, T, H, K]; state: [B, H, K, V]."""
+    B, T, H, _ = q.shape
+    N = -(-T // C)
+    # (B, T, H, *) -> (B, H, N, C, *), zero-padded to N * C tokens (no write, no decay)
+    q, k, v = (_to_chunks(x, N, C) for x in (q, k, v))
+    diagonal = g is not None and g.dim() == 4
+    if g is not None:
+        g = _to_chunks(g if diagonal else g[..., None], N, C)      # (B, H, N, C, K | 1)
+
+    # 1. cumulative log-decay inside each chunk; b_last = chunk totals
+    b = None if g is None else g.cumsum(dim=-2)                    # (B, H, N, C, K | 1)
+
+    # 2. intra-chunk scores and outputs
+    if g is None:
+        scores = (q @ k.transpose(-1, -2)).tril()
+    elif diagonal:
+        scores = _diagonal_scores(q, k, b, _sub_block(C))
+    else:
+        scores = (q @ k.transpose(-1, -2)) * _segment_decay(b[..., 0])
+    o = scores @ v                                                 # (B, H, N, C, V)
+
+    # 3. per-chunk writes, then the state entering every chunk (sequential over N only)
+    if g is None:
+        writes = k.transpose(-1, -2) @ v                           # (B, H, N, K, V)
+        chunk_decay = None
+    else:
+        b_last = b[..., -1:, :]                                    # (B, H, N, 1, K | 1)
+        writes = (k * (b_last - b).exp()).transpose(-1, -2) @ v    # (B, H, N, K, V)
+        chunk_decay = b_last.squeeze(-2).exp()[..., None]          # (B, H, N, K | 1, 1)
+    entering = []
+    for n in range(N):
+        entering.append(state)
+        state = (state if chunk_decay is None else chunk_decay[:, :, n] * state) + writes[:, :, n]
+    entering = torch.stack(entering, dim=2)                        # (B, H, N, K, V)
+
+    # 4. inter-chunk outputs from the entering states
+    q_in = q if g is None else q * b.exp()
+    o = o + q_in @ entering
+    o = o.flatten(2, 3)[:, :, :T].transpose(1, 2)                  # (B, T, H, V)
+    return o, state
+
+
+def _to_chunks(x, N, C):
+    """(B, T, H, D) -> (B, H, N, C, D), zero-padded at the end."""
+    x = F.pad(x, (0, 0, 0, 0, 0, N * C - x.shape[1]))
+    return x.transpose(1, 2).unflatten(2, (N, C))
+
+
+def _segment_decay(b):
+    """exp(b_t - b_s) for s <= t, else 0.  b: (..., C) -> (..., C, C)."""
+    C = b.shape[-1]
+    causal = torch.ones(C, C, dtype=torch.bool, device=b.device).tril()
+    diff = (b[..., :, None] - b[..., None, :]).masked_fill(~causal, float("-inf"))
+    return diff.exp()
+
+
+def _sub_block(C):
+    """The largest divisor of C that is at most SUB_BLOCK."""
+    return next(s for s in range(min(C, SUB_BLOCK), 0, -1) if C % s == 0)
+
+
+def _diagonal_scores(q, k, b, S):
+    """A_ts = sum_k q_tk k_sk exp(b_tk - b_sk) for s <= t, else 0, without overflow.
+
+    q, k, b: (..., C, K) with C = M * S.  Sub-blocks on the diagonal use the pairwise
+    differences b_t - b_s (<= 0).  Row block i > 0 meets earlier columns through the
+    reference r = last token of block i - 1: e^{b_t - b_r} and e^{b_r - b_s} are both <= 1.
+    """
+    *lead, C, K = q.shape
+    M = C // S
+    qs, ks, bs = (x.unflatten(-2, (M, S)) for x in (q, k, b))         # (..., M, S, K)
+    causal = torch.ones(S, S, dtype=torch.bool, device=q.device).tril()
+    diff = (bs[..., :, None, :] - bs[..., None, :, :]).masked_fill(~causal[..., None], float("-inf"))
+    blocks = ((qs[..., :, None, :] * diff.exp()) * ks[..., None, :, :]).sum(-1)  # (..., M, S, S)
+    eye = torch.eye(M, dtype=q.dtype, device=q.device)
+    scores = (blocks[..., :, :, None, :] * eye[:, None, :, None]).reshape(*lead, C, C)
+    if M == 1:
+        return scores
+    ref = bs[..., :-1, -1:, :]                                          # (..., M-1, 1, K)
+    q_rows = qs[..., 1:, :, :] * (bs[..., 1:, :, :] - ref).exp()        # (..., M-1, S, K)
+    before = torch.arange(C, device=q.device)[None, :] < (torch.arange(1, M, device=q.device) * S)[:, None]
+    expo = (ref - b[..., None, :, :]).masked_fill(~before[..., None], float("-inf"))
+    k_cols = k[..., None, :, :] * expo.exp()                            # (..., M-1, C, K)
+    below = q_rows @ k_cols.transpose(-1, -2)                           # (..., M-1, S, C)
+    below = torch.cat([below.new_zeros(*lead, 1, S, C), below], dim=-3).reshape(*lead, C, C)
+    return scores + below
