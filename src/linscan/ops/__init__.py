@@ -4,6 +4,8 @@
 """
 
 from .decay import decay_scan
+from .delta import delta_scan
+from .mlstm import mlstm_scan
 from .registry import available, get, register, resolve
 
-__all__ = ["decay_scan", "available", "get", "register", "resolve"]
+__all__ = ["decay_scan", "delta_scan", "mlstm_scan", "available", "get", "register", "resolve"]
