@@ -108,7 +108,7 @@ def check_gate(x, name: str, forms: dict[str, tuple[int, ...]], device: torch.de
         raise ValueError(f"{name}: expected shape {allowed}, got {list(shape)}")
     if max_value is not None and bool((x > max_value).any()):
         worst = x.detach().max().item()
-        raise ValueError(f"{name}: expected log-decay values <= {max_value}, got a maximum of {worst:g}")
+        raise ValueError(f"{name}: expected log-decay values <= {max_value:g}, got a maximum of {worst:g}")
     return x
 
 

@@ -56,7 +56,8 @@ def resolve(family: str, backend: str = "auto", device: torch.device | str | Non
 
 def get(family: str, backend: str = "auto", device: torch.device | str | None = None) -> Callable:
     """The function implementing ``family`` with ``backend`` (``"auto"`` resolved for ``device``)."""
-    return _BACKENDS[family][resolve(family, backend, device)]
+    name = resolve(family, backend, device)
+    return _BACKENDS[family][name]
 
 
 def _default(impls: dict[str, Callable], device: torch.device | str | None) -> str:
