@@ -1,0 +1,226 @@
+"""The ``linscan`` command.
+
+    linscan info                       versions, devices, registered backends
+    linscan bench ops [options]        the op benchmark (linscan.bench.ops)
+
+Every subcommand is a pair ``(add_arguments, handler)`` in ``COMMANDS`` (and
+``BENCHMARKS`` under ``bench``); train, generate and eval join there. Usage
+errors print one line and exit with status 2, failures with status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import json
+import os
+import platform
+import sys
+
+PEERS = ("fla-core", "mlstm_kernels")
+
+
+class CliError(Exception):
+    """A failure the user can fix: printed as one line, exit status 1."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (no usage dump), exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+# ---------------------------------------------------------------- info
+
+def _version(dist: str) -> str:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def collect_info() -> dict:
+    """Versions, threads, CUDA devices and registered backends, as plain data."""
+    import torch
+
+    import linscan
+    from linscan import ops
+
+    cuda = []
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            p = torch.cuda.get_device_properties(i)
+            cuda.append({"index": i, "name": p.name, "memory_gib": round(p.total_memory / 2**30, 1)})
+    return {
+        "linscan": linscan.__version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "triton": _version("triton"),
+        "peers": {name: _version(name) for name in PEERS},
+        "cpu_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "cuda": cuda,
+        "backends": ops.available(),
+    }
+
+
+def _info_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print the information as JSON")
+
+
+def _info(args) -> int:
+    info = collect_info()
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    cuda = ", ".join(f"cuda:{d['index']} {d['name']} ({d['memory_gib']} GiB)" for d in info["cuda"])
+    lines = [
+        f"linscan        {info['linscan']}",
+        f"torch          {info['torch']}",
+        f"python         {info['python']}",
+        f"triton         {info['triton']}",
+        *(f"{name:<15}{version}" for name, version in info["peers"].items()),
+        f"cpu threads    {info['cpu_threads']} (of {info['cpu_count']} CPUs)",
+        f"cuda           {cuda or 'none'}",
+        "backends       " + ("; ".join(f"{f}: {', '.join(b)}" for f, b in info["backends"].items()) or "none"),
+    ]
+    print("\n".join(lines))
+    return 0
+
+
+# ---------------------------------------------------------------- bench
+
+def _families(text: str) -> list[str]:
+    from linscan.bench.ops import FAMILIES
+
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    bad = [n for n in names if n not in FAMILIES]
+    if bad or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown family {', '.join(map(repr, bad)) or repr(text)} (choose from {', '.join(FAMILIES)})")
+    return list(dict.fromkeys(names))
+
+
+def _t_list(text: str) -> list[int]:
+    try:
+        values = [int(t) for t in text.split(",")]
+    except ValueError:
+        values = []
+    if not values or any(t < 1 for t in values):
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}")
+    return values
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _bench_ops_args(p: argparse.ArgumentParser) -> None:
+    from linscan.bench.ops import CPU, CUDA, FAMILIES, NAIVE_MAX_T
+
+    p.epilog = (f"The token loop is skipped above T={NAIVE_MAX_T}. Unless OMP_WAIT_POLICY is set, the "
+                "benchmark runs with OMP_WAIT_POLICY=PASSIVE (waiting OpenMP threads sleep instead of "
+                "spinning), which keeps 2-thread timings sane on a shared machine.")
+    p.add_argument("--family", type=_families, default=list(FAMILIES),
+                   help=f"comma-separated families (default {','.join(FAMILIES)})")
+    p.add_argument("--T", type=_t_list, default=None, metavar="T,...",
+                   help=f"sequence lengths (default {','.join(map(str, CPU.T))} on cpu, "
+                        f"{','.join(map(str, CUDA.T))} on cuda with B*T={CUDA.tokens})")
+    p.add_argument("--threads", type=_positive, default=2, help="torch CPU threads (default 2)")
+    p.add_argument("--repeats", type=_positive, default=3, help="timed repeats after warm-up (default 3)")
+    p.add_argument("--no-peers", action="store_true", help="skip fla, mlstm_kernels and SDPA")
+    p.add_argument("--no-naive", action="store_true", help="skip linscan's token loop")
+    p.add_argument("--out", metavar="PATH.json", help="also write the results as JSON")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="cpu: fp32 H=4 K=V=64 B=1; cuda: bf16 H=16 K=V=128 (default cpu)")
+
+
+def _bench_ops(args) -> int:
+    import torch
+
+    from linscan.bench import ops
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise CliError("--device cuda: no CUDA device is available")
+    if args.out and not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
+        raise CliError(f"--out: directory of {args.out!r} does not exist")
+    setting = ops.CUDA if args.device == "cuda" else ops.CPU
+    report = ops.run(args.family, setting=setting, T=args.T, threads=args.threads, repeats=args.repeats,
+                     peers=not args.no_peers, naive=not args.no_naive, env=collect_info())
+    print(ops.format_table(report))
+    if args.out:
+        try:
+            with open(args.out, "w") as fh:
+                json.dump(report.as_json(), fh, indent=2)
+        except OSError as e:
+            raise CliError(f"--out: cannot write {args.out!r}: {e.strerror}") from e
+        print(f"\nwrote {args.out}")
+    return 0
+
+
+BENCHMARKS = {
+    "ops": ("scan ops vs their token loop and peers (fla, mlstm_kernels, SDPA)", _bench_ops_args, _bench_ops),
+}
+
+
+def _bench_args(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="benchmark", metavar="BENCHMARK", required=True)
+    for name, (help_text, add_arguments, handler) in BENCHMARKS.items():
+        q = sub.add_parser(name, help=help_text, description=help_text)
+        add_arguments(q)
+        q.set_defaults(handler=handler)
+
+
+# ---------------------------------------------------------------- entry point
+
+COMMANDS = {
+    "info": ("versions, devices and registered backends", _info_args, _info),
+    "bench": ("benchmarks (linscan bench ops --help)", _bench_args, None),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="linscan", description="Linear-recurrent scans: ops, benchmarks, information.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (help_text, add_arguments, handler) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        add_arguments(p)
+        if handler is not None:
+            p.set_defaults(handler=handler)
+    return parser
+
+
+def _passive_openmp(argv: list[str]) -> None:
+    """Benchmarks: OpenMP threads that sleep rather than spin while they wait.
+
+    On a shared machine a spinning thread whose partner was descheduled burns
+    its time slice: 2-thread timings then come out 10-100x too slow and erratic.
+    Read by OpenMP when torch is first imported; an explicit setting wins.
+    """
+    if argv[:1] == ["bench"] and "torch" not in sys.modules:
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    _passive_openmp(argv)
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except CliError as e:
+        print(f"linscan: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("linscan: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

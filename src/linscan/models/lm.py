@@ -1,0 +1,131 @@
+"""The decoder language model: embeddings, a stack of (mixer, SwiGLU) blocks, tied head.
+
+Every block is pre-norm: x = x + mixer(norm(x)); x = x + mlp(norm(x)). The
+mixer of layer i is the config pattern's letter i (repeated), so hybrids such
+as "DDDA" (Gated DeltaNet with attention every fourth layer) are one string.
+The state of the model is the list of the mixers' states: recurrent states
+(constant size) for linear layers, KV caches for attention layers.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..nn import RMSNorm, SwiGLU
+from ..nn.mixers import MIXERS
+from .config import LinscanConfig
+
+
+class CausalLMOutput(NamedTuple):
+    logits: torch.Tensor            # (B, T, vocab)
+    state: list                     # one entry per layer, feed back for the next tokens
+    loss: torch.Tensor | None = None
+
+
+class Block(nn.Module):
+    def __init__(self, config: LinscanConfig, layer_idx: int):
+        super().__init__()
+        name = config.mixers[layer_idx]
+        self.mixer_norm = RMSNorm(config.d_model, eps=config.norm_eps)
+        self.mixer = MIXERS[name](config.d_model, config.n_heads, head_dim=config.head_dim,
+                                  layer_idx=layer_idx, **config.mixer_options.get(name, {}))
+        self.mlp = None
+        if config.mlp_ratio > 0:
+            self.mlp_norm = RMSNorm(config.d_model, eps=config.norm_eps)
+            self.mlp = SwiGLU(config.d_model, _mlp_hidden(config))
+
+    def forward(self, x, state=None, cu_seqlens=None):
+        y, state = self.mixer(self.mixer_norm(x), state, cu_seqlens)
+        x = x + y
+        if self.mlp is not None:
+            x = x + self.mlp(self.mlp_norm(x))
+        return x, state
+
+
+def _mlp_hidden(config: LinscanConfig) -> int:
+    """SwiGLU width: mlp_ratio * d_model * 2/3 (same parameters as a GELU MLP), rounded up to 32."""
+    hidden = int(config.mlp_ratio * config.d_model * 2 / 3)
+    return -(-hidden // 32) * 32
+
+
+class LinscanForCausalLM(nn.Module):
+    """Decoder LM over a layer pattern of mixers.
+
+    forward(input_ids [B, T] int64, state=None, cu_seqlens=None, labels=None)
+        -> CausalLMOutput(logits [B, T, vocab], state, loss)
+    ``labels`` [B, T] are the next tokens (already shifted), -100 = not scored.
+    """
+
+    def __init__(self, config: LinscanConfig):
+        super().__init__()
+        self.config = config
+        self.embed = nn.Embedding(config.vocab_size, config.d_model)
+        self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layers))
+        self.norm = RMSNorm(config.d_model, eps=config.norm_eps)
+        self.head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.apply(self._init_weights)
+        if config.tie_embeddings:
+            self.head.weight = self.embed.weight
+
+    def _init_weights(self, module):
+        # only generic layers here: mixers initialise their own gates as their papers say
+        if isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, std=self.config.init_std)
+
+    def forward(self, input_ids, state=None, cu_seqlens=None, labels=None) -> CausalLMOutput:
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids: expected shape [B, T], got {list(input_ids.shape)}")
+        state = state if state is not None else [None] * len(self.blocks)
+        x = self.embed(input_ids)                                     # (B, T, D)
+        new_state = []
+        for block, layer_state in zip(self.blocks, state):
+            x, layer_state = block(x, layer_state, cu_seqlens)
+            new_state.append(layer_state)
+        logits = self.head(self.norm(x))                              # (B, T, vocab)
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
+        return CausalLMOutput(logits, new_state, loss)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    @torch.no_grad()
+    def generate(self, input_ids, max_new_tokens: int, *, temperature: float = 1.0, top_k: int | None = None,
+                 top_p: float | None = None, generator: torch.Generator | None = None, state=None):
+        """Sample ``max_new_tokens`` after ``input_ids`` [B, T]; returns [B, T + max_new_tokens].
+
+        The prompt is read in one chunked forward; each new token is then one
+        T == 1 step that carries the mixers' states (constant memory per token for
+        linear layers, a growing KV cache for attention layers).
+        temperature 0 means greedy.
+        """
+        out = self(input_ids, state=state)
+        tokens, state = [input_ids], out.state
+        logits = out.logits[:, -1]
+        for _ in range(max_new_tokens):
+            nxt = sample(logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
+            tokens.append(nxt)
+            out = self(nxt, state=state)
+            logits, state = out.logits[:, -1], out.state
+        return torch.cat(tokens, dim=1)
+
+
+def sample(logits, *, temperature=1.0, top_k=None, top_p=None, generator=None):
+    """One token per row from ``logits`` [B, vocab] -> [B, 1] (temperature, top-k, nucleus)."""
+    if temperature == 0:
+        return logits.argmax(-1, keepdim=True)
+    logits = logits.float() / temperature
+    if top_k is not None:
+        kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        drop = cum - sorted_logits.softmax(-1) > top_p          # keep the smallest set reaching top_p
+        logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
+    return torch.multinomial(logits.softmax(-1), 1, generator=generator)

@@ -1,0 +1,13 @@
+"""Layers: norms, SwiGLU, short convolution, rotary embedding and the sequence mixers.
+
+Mixers are looked up by name in :data:`linscan.nn.mixers.MIXERS`; every one maps
+``x [B, T, d_model]`` (and an optional state) to ``(y [B, T, d_model], new_state)``.
+"""
+
+from .conv import ShortConv
+from .mixers import MIXERS
+from .mlp import SwiGLU
+from .norms import GatedRMSNorm, RMSNorm
+from .rotary import RotaryEmbedding, token_positions
+
+__all__ = ["MIXERS", "GatedRMSNorm", "RMSNorm", "RotaryEmbedding", "ShortConv", "SwiGLU", "token_positions"]

@@ -1,0 +1,58 @@
+"""Causal depthwise short convolution over time, with a decode state and packed sequences."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..ops import varlen
+
+
+class ShortConv(nn.Module):
+    """``y_t = act(sum_j w_j * x_{t - W + 1 + j} + b)`` per channel, W = ``kernel_size``.
+
+    The state holds the last W - 1 inputs of each sequence, ``[N, D, W - 1]`` (zeros
+    before the start), so decoding one token at a time equals the full convolution.
+
+    Args:
+        dim: channels D.
+        kernel_size: W (4 in Mamba, DeltaNet, xLSTM).
+        activation: ``"silu"`` or None.
+        bias: learn a per-channel bias.
+    """
+
+    def __init__(self, dim: int, kernel_size: int = 4, *, activation: str | None = "silu",
+                 bias: bool = False):
+        super().__init__()
+        if activation not in ("silu", None):
+            raise ValueError(f"activation: expected 'silu' or None, got {activation!r}")
+        self.dim, self.kernel_size, self.activation = dim, kernel_size, activation
+        self.conv = nn.Conv1d(dim, dim, kernel_size, groups=dim, bias=bias)
+
+    def forward(self, x: torch.Tensor, state: torch.Tensor | None = None,
+                cu_seqlens: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Convolve ``x [B, T, D]``; return ``(y [B, T, D], new_state [N, D, W - 1])``.
+
+        ``state``: ``[N, D, W - 1]`` or None (zeros); N = B, or the number of sequences
+        of the packed batch ``cu_seqlens`` (B == 1), each of which starts from its own row.
+        """
+        B, T, D = x.shape
+        if cu_seqlens is None:
+            xs, lengths = x, torch.full((B,), T, device=x.device)  # (N, T, D)
+        else:
+            # padding sits after each sequence's end, so a causal kernel never reads it
+            xs, lengths = varlen.pad(x, cu_seqlens), cu_seqlens[1:] - cu_seqlens[:-1]  # (N, T_max, D)
+        N, W = xs.shape[0], self.kernel_size
+        if state is None:
+            state = xs.new_zeros(N, D, W - 1)
+        full = torch.cat([state.to(xs.dtype), xs.transpose(1, 2)], dim=2)  # (N, D, W - 1 + T)
+        y = F.conv1d(full, self.conv.weight, self.conv.bias, groups=D).transpose(1, 2)  # (N, T, D)
+        if self.activation == "silu":
+            y = F.silu(y)
+        # the last W - 1 real inputs of each sequence sit at columns len .. len + W - 2 of `full`
+        cols = lengths.long()[:, None] + torch.arange(W - 1, device=x.device)  # (N, W - 1)
+        new_state = full.gather(2, cols[:, None, :].expand(N, D, W - 1))  # (N, D, W - 1)
+        if cu_seqlens is not None:
+            y = varlen.unpad(y, cu_seqlens)  # (1, T, D)
+        return y, new_state
