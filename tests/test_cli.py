@@ -110,7 +110,8 @@ def test_bench_ops_tiny_writes_json_and_table(capsys, tmp_path):
     for r in rows.values():
         assert r["status"] == "ok" and r["time_s"] > 0 and len(r["times_s"]) == 1
     chunk = rows[("linscan chunk", 128, "fwd+bwd")]
-    assert chunk["peak_bytes"] > 0
+    assert chunk["memory_status"] == "ok" and chunk["peak_bytes"] > 0 or chunk["memory_status"].startswith("no ")
+    assert rows[("linscan chunk", 128, "fwd")]["peak_bytes"] is None      # memory: fwd+bwd only
     assert rows[("linscan naive", 64, "fwd")]["rel_err"] < 1e-5
     assert {b["status"] for b in report["bars"]} == {"n/a"}  # no T=4096 at this size
     assert "decay" in out and "linscan chunk" in out and "T=128" in out and "fwd+bwd MiB" in out
@@ -170,13 +171,14 @@ def test_bars_pass_fail_and_na():
     assert got[("mlstm", "chunk speed-up over naive")][0] == "n/a"
 
 
-@pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="Linux only")
 def test_rss_peak_bytes_sees_a_transient_allocation():
     def work():
         x = torch.ones(64 << 20, dtype=torch.uint8)        # above malloc's mmap threshold: fresh pages
         del x
 
     peak = timing.rss_peak_bytes(work)
+    if peak is None:
+        pytest.skip("no writable /proc/self/clear_refs here")
     assert (56 << 20) <= peak < (80 << 20)               # give or take pages that were resident
 
 
@@ -184,10 +186,10 @@ def test_memory_child_process_reports_bytes():
     runner = ops.Runner(ops.CPU, repeats=1, naive=False, log=lambda msg: None)
     impl = ops.implementations("decay", ops.CPU, peers=False)[1]
     peak, status = runner.peak("decay", impl, 256, fn=None)
-    if os.path.exists("/proc/self/clear_refs"):
-        assert status == "ok" and peak > 0
+    if timing.rss_peak_bytes(lambda: None) is None:
+        assert peak is None and "clear_refs" in status
     else:
-        assert peak is None
+        assert status == "ok" and peak > 0
 
 
 def test_round_robin_times_slow_calls_once():

@@ -13,7 +13,7 @@ def _commands():
 
 def test_readme_starts_with_main_job_and_test_commands():
     main_job, tests = _commands()[:2]
-    assert "linscan bench" in main_job and "pip install" in main_job
+    assert "linscan train" in main_job and "pip install" in main_job
     assert "pytest" in tests and "pip install" in tests
 
 

@@ -1,7 +1,10 @@
 """The ``linscan`` command.
 
     linscan info                       versions, devices, registered backends
+    linscan train [options]            train a model (linscan.train)
+    linscan generate --ckpt DIR        sample from a trained model with the recurrent cache
     linscan bench ops [options]        the op benchmark (linscan.bench.ops)
+    linscan bench model [options]      decode time vs context, training throughput (linscan.bench.models)
 
 Every subcommand is a pair ``(add_arguments, handler)`` in ``COMMANDS`` (and
 ``BENCHMARKS`` under ``bench``); train, generate and eval join there. Usage
@@ -165,8 +168,32 @@ def _bench_ops(args) -> int:
     return 0
 
 
+def _bench_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--patterns", default="DDDD,DDDA,GGGG,MMMM", help="comma-separated layer patterns")
+    p.add_argument("--contexts", type=_t_list, default=[1024, 16384], metavar="L,...",
+                   help="context lengths for the per-token decode time (default 1024,16384)")
+    p.add_argument("--preset", default="tiny")
+    p.add_argument("--threads", type=_positive, default=2, help="torch CPU threads (default 2)")
+    p.add_argument("--out", metavar="PATH.json", help="also write the results as JSON")
+
+
+def _bench_model(args) -> int:
+    from linscan.bench import models
+    from linscan.models import preset
+
+    patterns = [t.strip() for t in args.patterns.split(",") if t.strip()]
+    try:
+        for pattern in patterns:
+            preset(args.preset, pattern=pattern)
+    except ValueError as e:
+        raise CliError(str(e)) from e
+    models.run(patterns, args.contexts, preset_name=args.preset, threads=args.threads, out=args.out)
+    return 0
+
+
 BENCHMARKS = {
     "ops": ("scan ops vs their token loop and peers (fla, mlstm_kernels, SDPA)", _bench_ops_args, _bench_ops),
+    "model": ("per-token decode time against context length, training tokens/s", _bench_model_args, _bench_model),
 }
 
 
@@ -180,8 +207,30 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
 
 # ---------------------------------------------------------------- entry point
 
+def _train_args(p):
+    from linscan.train.commands import train_args
+    train_args(p)
+
+
+def _train(args) -> int:
+    from linscan.train.commands import train
+    return train(args)
+
+
+def _generate_args(p):
+    from linscan.train.commands import generate_args
+    generate_args(p)
+
+
+def _generate(args) -> int:
+    from linscan.train.commands import generate
+    return generate(args)
+
+
 COMMANDS = {
     "info": ("versions, devices and registered backends", _info_args, _info),
+    "train": ("train a language model (default: tiny hybrid on the stdlib corpus)", _train_args, _train),
+    "generate": ("generate text from a trained run with the recurrent cache", _generate_args, _generate),
     "bench": ("benchmarks (linscan bench ops --help)", _bench_args, None),
 }
 
@@ -198,13 +247,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _passive_openmp(argv: list[str]) -> None:
-    """Benchmarks: OpenMP threads that sleep rather than spin while they wait.
+    """Benchmarks and training: OpenMP threads that sleep rather than spin while they wait.
 
     On a shared machine a spinning thread whose partner was descheduled burns
     its time slice: 2-thread timings then come out 10-100x too slow and erratic.
     Read by OpenMP when torch is first imported; an explicit setting wins.
     """
-    if argv[:1] == ["bench"] and "torch" not in sys.modules:
+    if argv[:1] in (["bench"], ["train"], ["generate"]) and "torch" not in sys.modules:
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 

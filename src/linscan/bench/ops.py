@@ -119,9 +119,9 @@ def make_inputs(family: str, B: int, T: int, s: Setting, seed: int = 0) -> dict[
     return {**x, **{name: t.to(s.device) for name, t in gates.items()}}
 
 
-def family_inputs(family: str, T: int, s: Setting) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+def family_inputs(family: str, T: int, s: Setting, B: int | None = None) -> tuple[dict, torch.Tensor]:
     """The inputs of ``family`` at length T and the output gradient of fwd+bwd (same data every time)."""
-    inputs = make_inputs("decay" if family == "attention" else family, s.batch(T), T, s)
+    inputs = make_inputs("decay" if family == "attention" else family, B or s.batch(T), T, s)
     if family == "attention":
         inputs = {n: inputs[n] for n in "qkv"}
     d_out = torch.randn(inputs["v"].shape, generator=torch.Generator().manual_seed(1))
@@ -232,9 +232,7 @@ def probe(impl: Impl, family: str, s: Setting) -> str:
     """Call ``impl`` once at a tiny size: "ok" or why it cannot run."""
     if impl.status != "ok":
         return impl.status
-    inputs = make_inputs(family if family != "attention" else "decay", 1, PROBE_T, s)
-    if family == "attention":
-        inputs = {n: inputs[n] for n in "qkv"}
+    inputs, _ = family_inputs(family, PROBE_T, s, B=1)
     try:
         with torch.no_grad():
             impl.call(**{n: _layout(x, impl.heads_first) for n, x in inputs.items()})
@@ -299,12 +297,16 @@ class Runner:
         ref = outputs.get("linscan chunk")
         for label, o in outputs.items():
             rows[label]["rel_err"] = None if ref is None else _rel_err(o, ref)
-        for impl in impls:   # memory: fwd+bwd only, and not the token loop's (nobody asks)
-            if self.memory and impl.label in calls and mode == "fwd+bwd" and impl.role != "naive":
-                self.say(f"{family} T={T} {mode}: peak memory of {impl.label}")
+        if self.memory and mode == "fwd+bwd":
+            self.measure_memory(family, T, [impl for impl in impls if impl.label in calls], calls, rows)
+        return list(rows.values())
+
+    def measure_memory(self, family: str, T: int, impls: list[Impl], calls: dict, rows: dict) -> None:
+        for impl in impls:
+            if impl.role != "naive":  # nobody asks how much memory the token loop takes
+                self.say(f"{family} T={T} fwd+bwd: peak memory of {impl.label}")
                 rows[impl.label]["peak_bytes"], rows[impl.label]["memory_status"] = \
                     self.peak(family, impl, T, calls[impl.label])
-        return list(rows.values())
 
     def peak(self, family: str, impl: Impl, T: int, fn) -> tuple[int | None, str]:
         """Peak bytes of one fwd+bwd call and "ok", or None and why not."""
@@ -391,7 +393,8 @@ def _meta(s: Setting, runner: Runner, *, peers: bool, env: dict | None) -> dict:
         "memory": "fwd+bwd only, naive not measured; " + (
             "torch.cuda.max_memory_allocated above the allocation before the call" if s.device == "cuda" else
             "growth of the peak resident set (VmHWM) during one call in a fresh process, after a "
-            f"warm-up call at T={PROBE_T}; inputs excluded; live tensors plus allocator slack"),
+            f"warm-up call at T={PROBE_T} (so not meaningful near that T); inputs excluded; "
+            "live tensors plus allocator slack"),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "not set"),
         "env": env or {},
     }

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from .. import varlen
 from ..dtypes import compute_dtype, upcast
 from ..registry import register
-from .step import decay_step, log_decay_at
+from .step import decay_step, log_decays
 
 DEFAULT_CHUNK = 64
 SUB_BLOCK = 16
@@ -45,7 +45,7 @@ def decay_chunk(q, k, v, g=None, *, scale, initial_state=None, output_final_stat
     qc, kc, vc, gc = upcast(q, k, v, g, dtype=dtype)
     state = qc.new_zeros(B, H, K, v.shape[-1]) if initial_state is None else initial_state.to(dtype)
     if T == 1:
-        o, state = decay_step(qc[:, 0] * scale, kc[:, 0], vc[:, 0], log_decay_at(gc, 0), state)
+        o, state = decay_step(qc[:, 0] * scale, kc[:, 0], vc[:, 0], log_decays(gc, 1)[0], state)
         o = o[:, None]
     else:
         o, state = _chunked(qc * scale, kc, vc, gc, state, chunk_size or DEFAULT_CHUNK)
@@ -82,10 +82,12 @@ def _chunked(q, k, v, g, state, C):
         b_last = b[..., -1:, :]                                    # (B, H, N, 1, K | 1)
         writes = (k * (b_last - b).exp()).transpose(-1, -2) @ v    # (B, H, N, K, V)
         chunk_decay = b_last.squeeze(-2).exp()[..., None]          # (B, H, N, K | 1, 1)
+    # unbind, not writes[:, :, n]: the backward of indexing allocates a full-size zero tensor per step
+    decays = [None] * N if chunk_decay is None else chunk_decay.unbind(2)
     entering = []
-    for n in range(N):
+    for decay, write in zip(decays, writes.unbind(2)):
         entering.append(state)
-        state = (state if chunk_decay is None else chunk_decay[:, :, n] * state) + writes[:, :, n]
+        state = (state if decay is None else decay * state) + write
     entering = torch.stack(entering, dim=2)                        # (B, H, N, K, V)
 
     # 4. inter-chunk outputs from the entering states

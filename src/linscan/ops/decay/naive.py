@@ -11,7 +11,7 @@ import torch
 from .. import varlen
 from ..dtypes import compute_dtype, upcast
 from ..registry import register
-from .step import decay_step, log_decay_at
+from .step import decay_step, log_decays
 
 
 @register("decay", "naive")
@@ -36,8 +36,9 @@ def decay_naive(q, k, v, g=None, *, scale, initial_state=None, output_final_stat
     if initial_state is not None:
         state = initial_state.to(dtype)
     outs = []
-    for t in range(T):
-        o_t, state = decay_step(qc[:, t] * scale, kc[:, t], vc[:, t], log_decay_at(gc, t), state)
+    steps = zip((qc * scale).unbind(1), kc.unbind(1), vc.unbind(1), log_decays(gc, T))
+    for q_t, k_t, v_t, g_t in steps:
+        o_t, state = decay_step(q_t, k_t, v_t, g_t, state)
         outs.append(o_t)
     o = torch.stack(outs, dim=1).to(q.dtype)               # (B, T, H, V)
     return o, (state if output_final_state else None)

@@ -25,15 +25,16 @@ def decay_step(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tenso
     return o, state
 
 
-def log_decay_at(g: torch.Tensor | None, t: int) -> torch.Tensor | None:
-    """The log-decay of token ``t`` shaped to broadcast against ``[B, H, K]``.
+def log_decays(g: torch.Tensor | None, T: int) -> list[torch.Tensor | None]:
+    """The log-decay of every token, each shaped to broadcast against ``[B, H, K]``.
 
-    ``g`` is None, ``[H]``, ``[B, T, H]`` or ``[B, T, H, K]``.
+    ``g`` is None, ``[H]``, ``[B, T, H]`` or ``[B, T, H, K]``. Uses ``unbind`` (one
+    backward for all tokens), not ``g[:, t]`` per token (a full-size zero tensor each).
     """
     if g is None:
-        return None
+        return [None] * T
     if g.dim() == 1:
-        return g[None, :, None]
+        return [g[None, :, None]] * T
     if g.dim() == 3:
-        return g[:, t, :, None]
-    return g[:, t]
+        return list(g[..., None].unbind(1))
+    return list(g.unbind(1))

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 from .. import varlen
 from ..dtypes import compute_dtype, upcast
@@ -87,31 +88,32 @@ class _DeltaChunks(torch.autograd.Function):
 
     q: (N, G, C, K) scaled queries; k: (N, G, L, K); v: (N, G, L, V); beta: (N, G, L);
     b: None | (N, G, L) cumulative log-decay per chunk; state: (G, K, V); R rows per token.
-    Returns o (N, G, C, V) and the final state (G, K, V).
+    Returns o (N, G, C, V) and the final state (G, K, V). Temporaries are updated in place
+    where they can be: on a CPU a fresh C x C buffer costs about as much as the product into it.
     """
 
     @staticmethod
     def forward(ctx, q, k, v, beta, b, state, R):
         read = slice(R - 1, None, R)                              # the row after which a token is read
+        e_in, e_read, e_out, decay = _gates(b, R)
         # 1. decay between rows (a plain causal mask without a gate)
         gamma = _causal(k.shape[-2], q.dtype, q.device) if b is None else _segment_decay(b)  # (N, G, L, L)
-        # 2. UT transform: one batched unit-lower triangular solve for all chunks
-        kbeta = k * beta[..., None]                               # (N, G, L, K)
+        # 2. UT transform: (I + A)^{-1} explicitly, since a solve against the identity is cheaper
+        #    than one against [V | K] for small batched matrices, and the backward needs no solve
+        kbeta = _rows(k, beta)                                    # (N, G, L, K)
         A = kbeta @ k.mT                                          # beta_t k_t.k_s   (N, G, L, L)
         if b is not None:
             A *= gamma                                            # only the strictly lower part is read
-        V = v.shape[-1]
-        rhs = torch.empty(*v.shape[:-1], V + k.shape[-1], dtype=v.dtype, device=v.device)
-        torch.mul(v, beta[..., None], out=rhs[..., :V])
-        torch.mul(k, (beta if b is None else beta * b.exp())[..., None], out=rhs[..., V:])
-        # (I + A)^{-1} explicitly: a solve against the identity is cheaper than against [V | K]
-        # with small batched matrices, and the backward then needs a product, not a second solve
         eye = torch.eye(A.shape[-1], dtype=A.dtype, device=A.device).expand_as(A)
         T_inv = torch.linalg.solve_triangular(A, eye, upper=False, unitriangular=True)   # (N, G, L, L)
+        V = v.shape[-1]
+        rhs = v.new_empty(*v.shape[:-1], V + k.shape[-1])         # Diag(beta) [V | K e^b]
+        torch.mul(v, beta[..., None], out=rhs[..., :V])
+        torch.mul(kbeta, 1 if e_in is None else e_in[..., None], out=rhs[..., V:])
         X = T_inv @ rhs                                           # [U | W]
         U, W = X[..., :V], X[..., V:]                             # (N, G, L, V), (N, G, L, K)
         # 3. the state entering every chunk (sequential over N only)
-        k_out, decay = _write_keys(k, b)                          # K e^{b_L - b}; e^{b_L} (N, G, 1, 1)
+        k_out = _rows(k, e_out)                                   # K e^{b_L - b}   (N, G, L, K)
         entering = q.new_empty(*U.shape[:2], *state.shape[-2:])   # (N, G, K, V)
         v_new = torch.empty_like(U)                               # (N, G, L, V)
         for n in range(len(U)):
@@ -119,20 +121,22 @@ class _DeltaChunks(torch.autograd.Function):
             torch.baddbmm(U[n], W[n], state, alpha=-1, out=v_new[n])
             state = torch.baddbmm(state if decay is None else state * decay[n], k_out[n].mT, v_new[n])
         # 4. outputs, read after each token's last row
+        q_in = _rows(q, e_read)                                   # Q e^b   (N, G, C, K)
         P = (q @ k.mT).mul_(gamma[..., read, :])                 # (Q K^T) * Gamma   (N, G, C, L)
-        o = _baddbmm(_read_gate(q, b, R) @ entering, P, v_new)    # (N, G, C, V)
+        o = _addmm_(q_in @ entering, P, v_new)                    # (N, G, C, V)
         ctx.R = R
-        ctx.save_for_backward(q, k, v, beta, b, gamma, kbeta, A, T_inv, P, X, v_new, entering)
+        ctx.save_for_backward(q, k, v, beta, b, gamma, kbeta, A, T_inv, P, X, v_new, entering, k_out, q_in)
         return o, state
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, d_o, d_state):
-        q, k, v, beta, b, gamma, kbeta, A, T_inv, P, X, v_new, entering = ctx.saved_tensors
+        q, k, v, beta, b, gamma, kbeta, A, T_inv, P, X, v_new, entering, k_out, q_in = ctx.saved_tensors
         R, V = ctx.R, v.shape[-1]
         read = slice(R - 1, None, R)
+        e_in, e_read, e_out, decay = _gates(b, R)
         W = X[..., V:]
-        k_out, decay = _write_keys(k, b)
-        q_in = _read_gate(q, b, R)                                # Q e^b   (N, G, C, K)
+        d_o = d_o.contiguous()                                    # it arrives permuted; four products read it
         # 4. outputs: the parts that do not need the state's gradient
         d_scores = d_o @ v_new.mT                                 # dL/dP   (N, G, C, L)
         d_q_in = d_o @ entering.mT                                # (N, G, C, K)
@@ -147,48 +151,67 @@ class _DeltaChunks(torch.autograd.Function):
             ds = torch.baddbmm(from_o[n] + (ds if decay is None else ds * decay[n]), W[n].mT, d_v_new[n],
                                alpha=-1)
         d_k_out = v_new @ d_exit.mT                               # (N, G, L, K)
-        # 2. UT transform: [dU | dW] back through the solve; minus_d_A = -dL/dA
-        d_rhs = T_inv.mT @ torch.cat([d_v_new, -(d_v_new @ entering.mT)], -1)
+        # 2. UT transform: [dU | dW] back through the inverse; minus_d_A = -dL/dA
+        d_rhs = T_inv.mT @ torch.cat([d_v_new, (d_v_new @ entering.mT).neg_()], -1)
         minus_d_A = (d_rhs @ X.mT).tril_(-1)                      # (N, G, L, L)
         d_rhs_v, d_rhs_k = d_rhs[..., :V], d_rhs[..., V:]
-        minus_d_kk = minus_d_A if b is None else minus_d_A * gamma
-        d_kbeta = _baddbmm(d_rhs_k if b is None else d_rhs_k * b.exp()[..., None], minus_d_kk, k, alpha=-1)
-        d_qk = d_scores * gamma[..., read, :]
-        d_k = d_kbeta * beta[..., None] + (d_k_out if b is None else d_k_out * (b[..., -1:] - b).exp()[..., None])
-        d_k = _baddbmm(_baddbmm(d_k, minus_d_kk.mT, kbeta, alpha=-1), d_qk.mT, q)
-        d_q = _baddbmm(d_q_in if b is None else d_q_in * b[..., read].exp()[..., None], d_qk, k)
-        d_v = d_rhs_v * beta[..., None]
-        d_beta = (d_rhs_v * v).sum(-1) + (d_kbeta * k).sum(-1)
         d_b = None
-        if b is not None:
-            # 1. every place the cumulative log-decay entered; E = dL/d(b_t - b_s)
-            E = (A * minus_d_A).neg_()                            # through A = (K K^T beta) * Gamma
-            E[..., read, :] += P * d_scores                       # through P = (Q K^T) * Gamma
-            d_b = E.sum(-1) - E.sum(-2) + (d_rhs_k * kbeta).sum(-1) * b.exp()   # Gamma, K e^b
-            d_b[..., read] += (d_q_in * q_in).sum(-1)             # Q e^b
-            c = (d_k_out * k_out).sum(-1)                         # K e^{b_L - b}
-            d_b -= c
-            d_b[..., -1] += c.sum(-1) + (entering * d_exit).sum((-1, -2)) * decay[..., 0, 0]   # e^{b_L}
-        return d_q, d_k, d_v, d_beta, d_b, ds, None
+        if b is not None and ctx.needs_input_grad[4]:
+            E = (A * minus_d_A).neg_()                            # dL/d(b_t - b_s) through A = kk * Gamma
+            E[..., read, :] += P * d_scores                       # and through P = (Q K^T) * Gamma
+            d_b = _log_decay_grad(E, e_in, R, from_rhs=_dot(d_rhs_k, kbeta), from_q=_dot(d_q_in, q_in),
+                                  from_k_out=_dot(d_k_out, k_out),
+                                  from_decay=_dot(entering.flatten(-2), d_exit.flatten(-2)) * decay[..., 0, 0])
+        minus_d_kk = minus_d_A if b is None else minus_d_A.mul_(gamma)
+        d_kbeta = _addmm_(_rows(d_rhs_k, e_in, copy=True), minus_d_kk, k, alpha=-1)
+        d_qk = d_scores.mul_(gamma[..., read, :])
+        d_k = _rows(d_kbeta, beta).add_(_rows(d_k_out, e_out))
+        d_k = _addmm_(_addmm_(d_k, minus_d_kk.mT, kbeta, alpha=-1), d_qk.mT, q)
+        d_q = _addmm_(_rows(d_q_in, e_read, copy=True), d_qk, k)
+        d_beta = _dot(d_rhs_v, v) + _dot(d_kbeta, k)
+        return d_q, d_k, _rows(d_rhs_v, beta), d_beta, d_b, ds, None     # None: R is not a tensor
 
 
-def _baddbmm(acc, x, y, alpha=1):
-    """acc + alpha * x @ y on (N, G, ...) tensors, as one batched BLAS call."""
-    out = torch.baddbmm(acc.flatten(0, 1), x.flatten(0, 1), y.flatten(0, 1), alpha=alpha)
-    return out.unflatten(0, acc.shape[:2])
+def _log_decay_grad(E, e_in, R, *, from_rhs, from_q, from_k_out, from_decay):
+    """Step 1 backward: dL/db for the cumulative log-decay b (N, G, L), from every place it entered.
+
+    E: dL/d(b_t - b_s) inside Gamma (N, G, L, L); e_in = e^b. The others are summed over K or V already:
+    from_rhs = sum dL/d(rhs_K) * beta k (rhs_K = beta k e^b), from_q = sum dL/d(Q e^b) * Q e^b
+    (read rows), from_k_out = sum dL/d(K e^{b_L - b}) * K e^{b_L - b}, from_decay for e^{b_L} (N, G).
+    """
+    d_b = E.sum(-1) - E.sum(-2) + from_rhs * e_in - from_k_out
+    d_b[..., R - 1::R] += from_q
+    d_b[..., -1] += from_k_out.sum(-1) + from_decay
+    return d_b
 
 
-def _read_gate(q, b, R):
-    """Q e^b on the rows where tokens are read (q itself without a gate)."""
-    return q if b is None else q * b[..., R - 1::R].exp()[..., None]
+def _addmm_(acc, x, y, alpha=1):
+    """acc += alpha * x @ y in place on (N, G, ...) tensors (acc contiguous), one batched BLAS call."""
+    acc.flatten(0, 1).baddbmm_(x.flatten(0, 1), y.flatten(0, 1), alpha=alpha)
+    return acc
 
 
-def _write_keys(k, b):
-    """K e^{b_L - b} (N, G, L, K) and the chunk decay e^{b_L} (N, G, 1, 1), or (k, None) without a gate."""
+def _dot(x, y):
+    """Row-wise dot products over the last axis (no product buffer, unlike (x * y).sum(-1))."""
+    return torch.einsum("...d,...d->...", x, y)
+
+
+def _gates(b, R):
+    """e^b (N, G, L), its read rows (N, G, C), e^{b_L - b} (N, G, L) and the chunk decay
+    e^{b_L} (N, G, 1, 1); all None without a gate."""
     if b is None:
-        return k, None
+        return None, None, None, None
     b_last = b[..., -1:]                                          # (N, G, 1)
-    return k * (b_last - b).exp()[..., None], b_last.exp()[..., None]
+    e_in = b.exp()
+    return e_in, e_in[..., R - 1::R], (b_last - b).exp(), b_last.exp()[..., None]
+
+
+def _rows(x, w, *, copy=False):
+    """x (..., rows, D) with each row scaled by w (..., rows); x itself when w is None (a
+    contiguous copy of it with ``copy``, to be updated in place)."""
+    if w is None:
+        return x.clone(memory_format=torch.contiguous_format) if copy else x
+    return x * w[..., None]
 
 
 def _pad_time(x, length):
@@ -212,5 +235,4 @@ def _segment_decay(b):
     """exp(b_t - b_s) for s <= t, else 0.  b: (..., L) -> (..., L, L)."""
     L = b.shape[-1]
     causal = torch.ones(L, L, dtype=torch.bool, device=b.device).tril()
-    diff = (b[..., :, None] - b[..., None, :]).masked_fill(~causal, float("-inf"))
-    return diff.exp()
+    return (b[..., :, None] - b[..., None, :]).masked_fill_(~causal, float("-inf")).exp_()

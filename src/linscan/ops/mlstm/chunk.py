@@ -16,7 +16,7 @@ whatever the gates. b_t - b_s is a segment sum (the sum of lf over (s, t]),
 never the difference of two cumulative sums: after a strong forget gate
 those are large and their difference would lose float32 digits.
 
-    1. b = cumsum(lf), L = segsum(lf) + li, a_t = max_s L_ts (all chunks at once)
+    1. b = cumsum(lf), L, a_t = max_s L_ts (all chunks at once)
     2. chunk writes   W_n = sum_s e^{L_Cs - r_n} k_s [v_s, 1]^T,   r_n = a_C
     3. boundary states, chunk by chunk:  m <- max(b_C + m, r_n);  C <- e^{b_C + m_old - m} C + e^{r_n - m} W_n
        (two scans with scalar coefficients, each one autograd node)
@@ -85,7 +85,7 @@ def _chunked(q, k, v, li, lf, state, C, *, scale, stabilise, normalize, eps):
 
     # 1. cumulative and segment log-forget; log-weights L_ts of write s at t; their row max a_t
     b = lf.cumsum(dim=-1)                                          # (B, H, N, C)
-    logw = _segsum(lf).add_(li[..., None, :])                      # (B, H, N, C, C), -inf for s > t
+    logw = _log_weights(lf, li)                                    # (B, H, N, C, C), -inf for s > t
     a = logw.amax(dim=-1) if stabilise else None                   # (B, H, N, C)
     b_last = b[..., -1]                                            # (B, H, N)
     a_last = a[..., -1] if stabilise else torch.zeros_like(b_last)
@@ -167,12 +167,16 @@ class _Scan(torch.autograd.Function):
         return d_alpha, d_after, d_x                               # grads of alpha, u, x0
 
 
-def _segsum(x):
-    """(..., C) -> (..., C, C): the sum of x over (s, t] at [t, s] for s <= t, -inf above the diagonal."""
-    C = x.shape[-1]
-    causal = torch.ones(C, C, dtype=torch.bool, device=x.device).tril()
-    x = x[..., :, None].expand(*x.shape, C).masked_fill(~causal.tril(-1), 0)   # [r, s] = x_r for r > s
-    return x.cumsum(dim=-2).masked_fill(~causal, float("-inf"))
+def _log_weights(lf, li):
+    """(..., C) -> (..., C, C): L_ts = li_s + the sum of lf over (s, t] for s <= t, -inf above the diagonal.
+
+    The segment sums run down the columns of [r, s] = lf_r (r > s), 0 (r <= s); li joins
+    afterwards, so the rounding of the sums follows their own (small) size.
+    """
+    C = lf.shape[-1]
+    causal = torch.ones(C, C, dtype=torch.bool, device=lf.device).tril()
+    segsum = torch.where(causal.tril(-1), lf[..., :, None], 0.0).cumsum(dim=-2)
+    return torch.where(causal, segsum.add_(li[..., None, :]), float("-inf"))
 
 
 def _to_chunks(x, N, C, value=0.0):
