@@ -54,6 +54,16 @@ def test_chunk_matches_naive_small_keys_no_state_odd_sizes(R, gate, beta_max):
     assert_matches_naive(delta_scan, inputs, chunk_size=8, scale=0.7)
 
 
+@pytest.mark.parametrize("R", [None, 2])
+def test_segments_of_chunks_match_naive(R, monkeypatch):
+    """Long inputs run as several segments of chunks carrying the state; force that at small T."""
+    from linscan.ops.delta import chunk
+
+    monkeypatch.setattr(chunk, "SEGMENT_ELEMENTS", 2 * 3 * 8 * 8 * 3)   # B H L max(L, K, V): 3 chunks
+    inputs = make_inputs(2, 100, 3, 8, 5, R=R, gate=True, beta_max=2.0, seed=10)
+    assert_matches_naive(delta_scan, inputs, chunk_size=8 // (R or 1))
+
+
 def test_single_householder_axis_equals_plain_layout():
     inputs = make_inputs(2, 30, 2, 6, 4, R=1, gate=True, beta_max=2.0, seed=2)
     plain = inputs | {n: inputs[n][:, :, 0] for n in ("k", "v", "beta")}

@@ -12,9 +12,10 @@ triangular solve; only the [B, H, K, V] state is carried from chunk to chunk:
 Steps 1, 2 and 4 run batched over all chunks; only the two small products of
 step 3 run in the loop over chunks. The backward is written by hand in the same
 shape (one reverse loop of two small products, everything else batched), which
-saves the per-chunk autograd nodes and most of the passes over the C x C
+saves the per-chunk autograd nodes and most of the passes over the L x L
 matrices. Every exponent is <= 0 (differences are masked to -inf before exp),
-so nothing overflows however strong the decay.
+so nothing overflows however strong the decay. Long inputs run as segments of
+chunks that carry the state, so that no temporary grows past SEGMENT_ELEMENTS.
 
 DeltaProduct (R Householder steps per token) is the plain delta rule over the
 interleaved sequence of T * R rows, with each token's gate on its first row and
@@ -33,6 +34,7 @@ from ..registry import register
 from .step import delta_step, householder_axis
 
 DEFAULT_ROWS = 64          # Householder rows per chunk by default: C = DEFAULT_ROWS // R tokens
+SEGMENT_ELEMENTS = 2 ** 22  # bound on the elements of one temporary: chunks run in segments under it
 
 
 @register("delta", "chunk")
@@ -78,7 +80,17 @@ def _chunked(q, k, v, beta, g, state, C):
         # the gate sits on each token's first row; b = cumulative log-decay inside each chunk
         rows = F.pad(_pad_time(g, N * C)[:, :, None], (0, 0, 0, R - 1)).flatten(1, 2)  # (B, T'R, H)
         b = _to_chunks(rows[..., None], N)[..., 0].cumsum(-1)     # (N, BH, L)
-    o, state = _DeltaChunks.apply(q, k, v, beta, b, state.flatten(0, 1), R)
+    # long inputs run as segments of M chunks carrying the state: this bounds every temporary (the
+    # L x L matrices above all), which keeps them in cache and out of the allocator's page-fault path
+    L = k.shape[-2]
+    M = max(1, SEGMENT_ELEMENTS // (B * H * L * max(L, K, v.shape[-1])))
+    segments = [[None] * -(-N // M) if x is None else x.split(M) for x in (q, k, v, beta, b)]
+    state = state.flatten(0, 1)                                   # (BH, K, V)
+    outs = []
+    for q_s, k_s, v_s, beta_s, b_s in zip(*segments):
+        o_s, state = _DeltaChunks.apply(q_s, k_s, v_s, beta_s, b_s, state, R)
+        outs.append(o_s)
+    o = torch.cat(outs) if len(outs) > 1 else outs[0]             # (N, BH, C, V)
     o = o.unflatten(1, (B, H)).permute(1, 0, 3, 2, 4).flatten(1, 2)[:, :T]   # (B, T, H, V)
     return o, state.unflatten(0, (B, H))
 
@@ -89,7 +101,7 @@ class _DeltaChunks(torch.autograd.Function):
     q: (N, G, C, K) scaled queries; k: (N, G, L, K); v: (N, G, L, V); beta: (N, G, L);
     b: None | (N, G, L) cumulative log-decay per chunk; state: (G, K, V); R rows per token.
     Returns o (N, G, C, V) and the final state (G, K, V). Temporaries are updated in place
-    where they can be: on a CPU a fresh C x C buffer costs about as much as the product into it.
+    where they can be, to allocate fewer fresh L x L buffers.
     """
 
     @staticmethod
@@ -125,6 +137,7 @@ class _DeltaChunks(torch.autograd.Function):
         P = (q @ k.mT).mul_(gamma[..., read, :])                 # (Q K^T) * Gamma   (N, G, C, L)
         o = _addmm_(q_in @ entering, P, v_new)                    # (N, G, C, V)
         ctx.R = R
+        A = None if b is None else A                              # the backward reads it for the gate only
         ctx.save_for_backward(q, k, v, beta, b, gamma, kbeta, A, T_inv, P, X, v_new, entering, k_out, q_in)
         return o, state
 
@@ -159,9 +172,9 @@ class _DeltaChunks(torch.autograd.Function):
         if b is not None and ctx.needs_input_grad[4]:
             E = (A * minus_d_A).neg_()                            # dL/d(b_t - b_s) through A = kk * Gamma
             E[..., read, :] += P * d_scores                       # and through P = (Q K^T) * Gamma
+            from_decay = _dot(entering.flatten(-2), d_exit.flatten(-2)) * decay[..., 0, 0]   # (N, G)
             d_b = _log_decay_grad(E, e_in, R, from_rhs=_dot(d_rhs_k, kbeta), from_q=_dot(d_q_in, q_in),
-                                  from_k_out=_dot(d_k_out, k_out),
-                                  from_decay=_dot(entering.flatten(-2), d_exit.flatten(-2)) * decay[..., 0, 0])
+                                  from_k_out=_dot(d_k_out, k_out), from_decay=from_decay)
         minus_d_kk = minus_d_A if b is None else minus_d_A.mul_(gamma)
         d_kbeta = _addmm_(_rows(d_rhs_k, e_in, copy=True), minus_d_kk, k, alpha=-1)
         d_qk = d_scores.mul_(gamma[..., read, :])

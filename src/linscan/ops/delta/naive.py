@@ -34,9 +34,10 @@ def delta_naive(q, k, v, beta, g=None, *, scale, initial_state=None, output_fina
     if initial_state is not None:
         state = initial_state.to(dtype)
     outs = []
-    for t in range(T):
-        g_t = None if gc is None else gc[:, t]
-        o_t, state = delta_step(qc[:, t] * scale, kc[:, t], vc[:, t], bc[:, t], g_t, state)
+    # unbind, not x[:, t]: the backward of indexing allocates a full-size zero tensor per token
+    gates = [None] * T if gc is None else gc.unbind(1)
+    for q_t, k_t, v_t, b_t, g_t in zip((qc * scale).unbind(1), kc.unbind(1), vc.unbind(1), bc.unbind(1), gates):
+        o_t, state = delta_step(q_t, k_t, v_t, b_t, g_t, state)
         outs.append(o_t)
     o = torch.stack(outs, dim=1).to(q.dtype)               # (B, T, H, V)
     return o, (state if output_final_state else None)

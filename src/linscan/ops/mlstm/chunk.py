@@ -1,9 +1,7 @@
 """Chunkwise-parallel mLSTM in PyTorch (MATH.md section 3), differentiable.
 
 TFLA form: the state (C, n, m) is materialised only at chunk boundaries, every
-chunk then computes its outputs in parallel. n rides along as an extra value
-column of ones (v -> [v, 1] turns C into [C | n]), so one matrix product gives
-both the numerator C^T q and the normaliser q . n.
+chunk then computes its outputs in parallel, matrix products doing the work.
 
 Inside a chunk let b_t = sum of lf up to t and L_ts = (b_t - b_s) + li_s, the
 log-weight of write s in the state at t. Entering with (C', m'):
@@ -17,20 +15,22 @@ never the difference of two cumulative sums: after a strong forget gate
 those are large and their difference would lose float32 digits.
 
     1. b = cumsum(lf), L, a_t = max_s L_ts (all chunks at once)
-    2. chunk writes   W_n = sum_s e^{L_Cs - r_n} k_s [v_s, 1]^T,   r_n = a_C
-    3. boundary states, chunk by chunk:  m <- max(b_C + m, r_n);  C <- e^{b_C + m_old - m} C + e^{r_n - m} W_n
-       (two scans with scalar coefficients, each one autograd node)
-    4. m_t; outputs  O = ((Q K^T) * e^{L - m_t}) [V, 1] + (Q e^{b + m' - m_t}) C'
+    2. max-state at the chunk boundaries:  m_{n+1} = max(b_C + m_n, a_C)      (scan over N)
+    3. writes  W_n = sum_s e^{L_Cs - m_{n+1}} k_s v_s^T  (and k_s for n), then
+       C_{n+1} = e^{b_C + m_n - m_{n+1}} C_n + W_n                             (scan over N)
+    4. m_t; outputs  O = ((Q K^T) * e^{L - m_t}) V + (Q e^{b + m_n - m_t}) C_n  (and q . n alike)
     5. readout  h = num / (max(|q . n|, e^{-m}) + eps),  or e^m num
+
+Three scans over the N chunks (m, C, n) are the only sequential part; each is
+one autograd node with a plain loop forward and backward.
 
 Tokens that pad T to a multiple of the chunk (and the sequences of a varlen
 batch to a common length) carry lf = 0 and li = -inf: no forgetting, no write,
-no change of m, so each final state is exactly that of its last real token
-(padding f = +inf, i = -inf before the gates would serve too, but lf = 0 is
-exact without relying on logsigmoid(inf)). The only exponent that could then
-read -inf - (-inf) is r_n of an all-padding chunk; r_n cancels from every
-product, so it is detached and clamped to a finite value, which keeps values
-and gradients free of NaN.
+no change of m, so each final state is exactly that of its last real token.
+(Padding f = +inf, i = -inf before the gates would do the same, but then the
+exactness rests on logsigmoid(+inf) == 0.) li = -inf only ever enters as
+e^{-inf - finite} = 0 or as the losing side of a max, so values and gradients
+stay free of NaN, even for chunks made only of padding.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 from .. import varlen
 from ..dtypes import compute_dtype, upcast
@@ -86,32 +87,31 @@ def _chunked(q, k, v, li, lf, state, C, *, scale, stabilise, normalize, eps):
     # 1. cumulative and segment log-forget; log-weights L_ts of write s at t; their row max a_t
     b = lf.cumsum(dim=-1)                                          # (B, H, N, C)
     logw = _log_weights(lf, li)                                    # (B, H, N, C, C), -inf for s > t
-    a = logw.amax(dim=-1) if stabilise else None                   # (B, H, N, C)
+    a = logw.max(dim=-1).values if stabilise else None             # (B, H, N, C)
     b_last = b[..., -1]                                            # (B, H, N)
-    a_last = a[..., -1] if stabilise else torch.zeros_like(b_last)
 
-    # 2. chunk writes relative to r_n (cancels below: detached, finite for all-padding chunks)
-    ref = a_last.detach().clamp_min(torch.finfo(b.dtype).min)      # (B, H, N)
-    kw = k * (logw[..., -1, :] - ref[..., None]).exp()[..., None]  # (B, H, N, C, K), weights <= 1
-    writes, writes_n = kw.transpose(-1, -2) @ v, kw.sum(dim=-2)    # (B, H, N, K, V), (B, H, N, K)
-
-    # 3. the max-state and the memory entering every chunk: scans over N (the only sequential part)
+    # 2. the max-state entering and leaving every chunk: m <- max(b_C + m, a_C), a scan over N
     if stabilise:
-        m_in, m = _max_state(b_last, a_last, m)                    # (B, H, N), (B, H)
+        m_in, m = _max_state(b_last, a[..., -1], m)                # (B, H, N), (B, H)
     else:
         m_in = torch.zeros_like(b_last)
     m_out = torch.cat([m_in[..., 1:], m[..., None]], dim=-1)       # (B, H, N): m after each chunk
-    keep, add = (b_last + m_in - m_out).exp(), (ref - m_out).exp()  # (B, H, N), both <= 1
-    mem_in, mem = _Scan.apply(keep, add[..., None, None] * writes, mem)       # (B, H, N, K, V)
-    norm_in, norm = _Scan.apply(keep, add[..., None] * writes_n, norm)        # (B, H, N, K)
+
+    # 3. chunk writes, already stabilised by m_out, and the memory entering every chunk
+    kw = k * _per_row((logw[..., -1, :] - m_out[..., None]).exp(), k)   # (B, H, N, C, K), weights <= 1
+    writes, writes_n = kw.transpose(-1, -2) @ v, kw.sum(dim=-2)    # (B, H, N, K, V), (B, H, N, K)
+    keep = (b_last + m_in - m_out).exp()                           # (B, H, N), <= 1
+    mem_in, mem = _Scan.apply(keep, writes, mem)                   # (B, H, N, K, V), (B, H, K, V)
+    norm_in, norm = _Scan.apply(keep, writes_n, norm)              # (B, H, N, K), (B, H, K)
 
     # 4. per-token max-state; intra-chunk and inter-chunk terms. The query scale multiplies
-    #    every weight, so it joins the exponents (ln scale) instead of costing a pass over q.
+    #    every weight, so ln(scale) joins the exponents instead of costing a pass over q
+    #    (and the shift is added: the backward of a subtraction negates a full-size gradient).
     m_in = m_in[..., None]                                         # (B, H, N, 1)
     m_t = torch.maximum(b + m_in, a) if stabilise else torch.zeros_like(b)   # (B, H, N, C)
-    m_s = m_t - math.log(scale)
-    scores = (q @ k.transpose(-1, -2)) * (logw - m_s[..., None]).exp_()      # (B, H, N, C, C)
-    q_in = q * (b + m_in - m_s).exp()[..., None]                   # (B, H, N, C, K)
+    shift = math.log(scale) - m_t                                  # (B, H, N, C)
+    scores = (q @ k.transpose(-1, -2)) * (logw + _per_row(shift, logw)).exp_()  # (B, H, N, C, C)
+    q_in = q * _per_row((b + m_in + shift).exp(), q)               # (B, H, N, C, K)
     num = scores @ v + q_in @ mem_in                               # (B, H, N, C, V)
     qn = scores.sum(dim=-1) + (q_in @ norm_in[..., None])[..., 0]  # (B, H, N, C)
 
@@ -119,6 +119,12 @@ def _chunked(q, k, v, li, lf, state, C, *, scale, stabilise, normalize, eps):
     h = readout(num, qn, m_t, normalize=normalize, eps=eps)        # (B, H, N, C, V)
     h = h.flatten(2, 3)[:, :, :T].transpose(1, 2)                  # (B, T, H, V)
     return h, (mem, norm, m)
+
+
+def _per_row(x, like):
+    """x (..., C) expanded to like's (..., C, D): written out because CPU kernels run an
+    explicitly expanded operand about 3x faster than the implicit broadcast of a trailing 1."""
+    return x[..., None].expand_as(like)
 
 
 def _max_state(b, a, m):
@@ -129,11 +135,11 @@ def _max_state(b, a, m):
     (the same values, gradients routed to the winning side as torch.maximum does).
     """
     with torch.no_grad():
-        pick_a, m_run = [], m
+        m_prev, m_run = [], m
         for b_n, a_n in zip(b.unbind(-1), a.unbind(-1)):
-            pick_a.append(~(a_n <= b_n + m_run))                   # NaN in a propagates
-            m_run = torch.where(pick_a[-1], a_n, b_n + m_run)
-        pick_a = torch.stack(pick_a, dim=-1)                       # (B, H, N)
+            m_prev.append(m_run)
+            m_run = torch.maximum(b_n + m_run, a_n)
+        pick_a = ~(a <= b + torch.stack(m_prev, dim=-1))           # (B, H, N); NaN in a propagates
     return _Scan.apply((~pick_a).to(b.dtype), torch.where(pick_a, a, b), m)
 
 
@@ -141,46 +147,52 @@ class _Scan(torch.autograd.Function):
     """x_{n+1} = alpha_n x_n + u_n over axis 2; returns every x_n entering (n < N) and x_N.
 
     alpha: (B, H, N); u: (B, H, N, *D); x0: (B, H, *D). One autograd node with a plain
-    loop each way (one fused op per step), instead of a graph of N small nodes per op.
+    loop each way (one fused op per step, on views unbound once: indexing in the loop
+    would cost more than the arithmetic), instead of a graph of N small nodes per op.
     """
 
     @staticmethod
-    def forward(ctx, alpha, u, x):
+    def forward(ctx, alpha, u, x0):
         alpha = alpha.view(*alpha.shape, *[1] * (u.dim() - 3))     # broadcast over *D
-        entering = []
-        for alpha_n, u_n in zip(alpha.unbind(2), u.unbind(2)):
-            entering.append(x)
-            x = torch.addcmul(u_n, alpha_n, x)
-        entering = torch.stack(entering, dim=2)                    # (B, H, N, *D)
+        entering = torch.empty_like(u)                             # (B, H, N, *D)
+        xs = entering.unbind(2)
+        xs[0].copy_(x0)
+        for alpha_n, u_n, x_n, x_next in zip(alpha.unbind(2), u.unbind(2), xs, xs[1:]):
+            torch.addcmul(u_n, alpha_n, x_n, out=x_next)
         ctx.save_for_backward(alpha, entering)
-        return entering, x
+        return entering, torch.addcmul(u[:, :, -1], alpha[:, :, -1], xs[-1])
 
     @staticmethod
-    def backward(ctx, d_entering, d_x):
+    @once_differentiable
+    def backward(ctx, d_entering, d_last):
         alpha, entering = ctx.saved_tensors
-        d_after = []                                               # dL/dx_{n+1}, reverse order
-        for alpha_n, d_n in zip(reversed(alpha.unbind(2)), reversed(d_entering.unbind(2))):
-            d_after.append(d_x)
-            d_x = torch.addcmul(d_n, alpha_n, d_x)
-        d_after = torch.stack(d_after[::-1], dim=2)                # (B, H, N, *D)
-        d_alpha = (d_after * entering).reshape(*entering.shape[:3], -1).sum(-1)   # (B, H, N)
-        return d_alpha, d_after, d_x                               # grads of alpha, u, x0
+        d_after = torch.empty_like(entering)                       # dL/dx_{n+1} = dL/du_n
+        ds = d_after.unbind(2)
+        ds[-1].copy_(d_last)
+        steps = list(zip(alpha.unbind(2), d_entering.unbind(2), ds, (None,) + ds[:-1]))
+        for alpha_n, d_in, d_n, d_prev in reversed(steps[1:]):
+            torch.addcmul(d_in, alpha_n, d_n, out=d_prev)
+        d_x0 = torch.addcmul(d_entering[:, :, 0], alpha[:, :, 0], ds[0])
+        d_alpha = (d_after * entering).reshape(*alpha.shape[:3], -1).sum(-1)   # (B, H, N)
+        return d_alpha, d_after, d_x0                              # grads of alpha, u, x0
 
 
 def _log_weights(lf, li):
     """(..., C) -> (..., C, C): L_ts = li_s + the sum of lf over (s, t] for s <= t, -inf above the diagonal.
 
-    The segment sums run down the columns of [r, s] = lf_r (r > s), 0 (r <= s); li joins
-    afterwards, so the rounding of the sums follows their own (small) size.
+    The segment sums run down the columns of [r, s] = lf_r (r > s) else 0 (a cumulative
+    sum and a masked fill, not products with triangular masks, so inf and NaN stay causal);
+    li joins afterwards, so the rounding of the sums follows their own (small) size.
     """
     C = lf.shape[-1]
-    causal = torch.ones(C, C, dtype=torch.bool, device=lf.device).tril()
-    segsum = torch.where(causal.tril(-1), lf[..., :, None], 0.0).cumsum(dim=-2)
-    return torch.where(causal, segsum.add_(li[..., None, :]), float("-inf"))
+    above = torch.ones(C, C, dtype=torch.bool, device=lf.device).triu(1)
+    segsum = lf[..., :, None].expand(*lf.shape, C).tril(-1).cumsum(dim=-2)
+    return segsum.add_(li[..., None, :]).masked_fill_(above, float("-inf"))
 
 
 def _to_chunks(x, N, C, value=0.0):
     """(B, T, H, *) -> (B, H, N, C, *), contiguous, padded at the end of T with ``value``."""
     x = x.transpose(1, 2)                                          # (B, H, T, *)
-    x = F.pad(x, (0, 0) * (x.dim() - 3) + (0, N * C - x.shape[2]), value=value)
+    if N * C > x.shape[2]:
+        x = F.pad(x, (0, 0) * (x.dim() - 3) + (0, N * C - x.shape[2]), value=value)
     return x.contiguous().unflatten(2, (N, C))

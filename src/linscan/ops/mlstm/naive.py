@@ -36,9 +36,9 @@ def mlstm_naive(q, k, v, i, f, *, input_gate="exp", normalize=True, initial_stat
                         device=q.device)
     qc = qc * K ** -0.5
     outs = []
-    for t in range(T):
-        h_t, state = mlstm_step(qc[:, t], kc[:, t], vc[:, t], li[:, t], lf[:, t], state,
-                                stabilise=stabilise, normalize=normalize, eps=eps)
+    # unbind, not x[:, t]: the backward of indexing allocates a full-size zero tensor per token
+    for q_t, k_t, v_t, i_t, f_t in zip(*(x.unbind(1) for x in (qc, kc, vc, li, lf))):
+        h_t, state = mlstm_step(q_t, k_t, v_t, i_t, f_t, state, stabilise=stabilise, normalize=normalize, eps=eps)
         outs.append(h_t)
     o = torch.stack(outs, dim=1).to(q.dtype)                     # (B, T, H, V)
     return o, (state if output_final_state else None)

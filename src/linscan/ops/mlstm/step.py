@@ -57,9 +57,8 @@ def start_state(initial_state: State | None, shape: tuple[int, int, int, int], *
 
 def readout(num: torch.Tensor, qn: torch.Tensor, m: torch.Tensor, *, normalize: bool, eps: float):
     """h from the stabilised numerator ``C^T q`` [..., V], normaliser ``q . n`` [...] and m [...]."""
-    if normalize:
-        return num * (torch.maximum(qn.abs(), (-m).exp()) + eps).reciprocal()[..., None]
-    return num * m.exp()[..., None]
+    scale = (torch.maximum(qn.abs(), (-m).exp()) + eps).reciprocal() if normalize else m.exp()
+    return num * scale[..., None].expand_as(num)        # expanded: faster than broadcasting on CPU
 
 
 def mlstm_step(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, li: torch.Tensor, lf: torch.Tensor,
