@@ -140,3 +140,29 @@ def _tensors(x: dict):
         for t in flat(v) if isinstance(v, (tuple, torch.Tensor)) else []:
             if isinstance(t, torch.Tensor) and t.requires_grad:
                 yield t
+
+
+def float32_errors(op, inputs: dict, **options) -> tuple[list[float], list[float]]:
+    """Relative errors against the float64 naive of (o, *state) for the float32 chunk and float32 naive.
+
+    ``inputs`` are float64; the float32 naive's error is the yardstick of what float32 can do.
+    """
+    ref = op(**inputs, output_final_state=True, backend="naive", **options)
+    f32 = {n: (x.float() if isinstance(x, torch.Tensor) else
+               tuple(t.float() for t in x) if isinstance(x, tuple) else x) for n, x in inputs.items()}
+    result = {}
+    for backend in ("chunk", "naive"):
+        o, s = op(**f32, output_final_state=True, backend=backend, **options)
+        assert o.dtype == torch.float32 and torch.isfinite(o).all(), backend
+        result[backend] = [rel_err(x, r) for x, r in zip([o, *flat(s)], [ref[0], *flat(ref[1])])]
+    return result["chunk"], result["naive"]
+
+
+def assert_float32_precision(op, inputs: dict, label: str, bound: float = 1e-5, **options) -> list[float]:
+    """float32 chunk within ``bound`` of the float64 naive and within 2x the float32 naive's error."""
+    errs, errs_loop = float32_errors(op, inputs, **options)
+    print(f"{label}: rel err o {errs[0]:.2e} (float32 naive {errs_loop[0]:.2e}), "
+          f"states {', '.join(f'{e:.2e}' for e in errs[1:])}")
+    assert max(errs) <= bound, errs
+    assert all(e <= 2 * e_loop + 1e-7 for e, e_loop in zip(errs, errs_loop)), (errs, errs_loop)
+    return errs

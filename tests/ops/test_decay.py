@@ -6,7 +6,7 @@ import torch
 from linscan.ops import decay_scan
 
 from .harness import (assert_decode_matches, assert_matches_naive, assert_state_passing,
-                      assert_varlen_matches_loop, rel_err)
+                      assert_float32_precision, assert_varlen_matches_loop, rel_err)
 
 TIME_KEYS = ("q", "k", "v", "g")
 G_FORMS = ["none", "head", "scalar", "diagonal"]
@@ -42,6 +42,16 @@ def test_chunk_matches_naive_with_gradients(form, T, chunk_size):
 def test_chunk_matches_naive_without_initial_state_odd_sizes(form):
     inputs = make_inputs(1, 37, 2, 5, 3, form, state=False, seed=1)
     assert_matches_naive(decay_scan, inputs, chunk_size=16, scale=0.7)
+
+
+@pytest.mark.parametrize("form", G_FORMS)
+def test_segments_of_chunks_match_naive(form, monkeypatch):
+    """Long inputs run as segments of whole chunks carrying the state; force several at small T."""
+    from linscan.ops.decay import chunk
+
+    monkeypatch.setattr(chunk, "SEGMENT_TOKENS", 40)                  # 40 // 16 * 16 = 32 tokens
+    inputs = make_inputs(2, 100, 2, 8, 5, form, seed=11)
+    assert_matches_naive(decay_scan, inputs, chunk_size=16)
 
 
 @pytest.mark.parametrize("form", G_FORMS)
@@ -87,14 +97,8 @@ def test_float32_long_sequence_precision(form, strength, record_property):
     B, T, H, K, V = 1, 4096, 2, 16, 16
     ref_in = make_inputs(B, T, H, K, V, form, strength=2 * strength, seed=6, state=False)
     ref_in["g"] = ref_in["g"] * 0 - strength if form == "scalar" else ref_in["g"] - strength * 0.5
-    o_ref, s_ref = decay_scan(**ref_in, output_final_state=True, backend="naive")
-    f32 = {n: (x.float() if isinstance(x, torch.Tensor) else x) for n, x in ref_in.items()}
-    o, s = decay_scan(**f32, output_final_state=True, backend="chunk")
-    err_o, err_s = rel_err(o, o_ref), rel_err(s, s_ref)
-    record_property("rel_err", (err_o, err_s))
-    print(f"decay {form} g~-{strength}: rel err o {err_o:.2e}, state {err_s:.2e}")
-    assert o.dtype == torch.float32 and torch.isfinite(o).all()
-    assert err_o <= 1e-5 and err_s <= 1e-5
+    errs = assert_float32_precision(decay_scan, ref_in, f"decay {form} g~-{strength}")
+    record_property("rel_err", errs)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])

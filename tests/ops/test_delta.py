@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from linscan.ops import delta_scan
 
 from .harness import (assert_close, assert_decode_matches, assert_matches_naive, assert_state_passing,
-                      assert_varlen_matches_loop, rel_err)
+                      assert_float32_precision, assert_varlen_matches_loop, rel_err)
 
 TIME_KEYS = ("q", "k", "v", "beta", "g")
 
@@ -118,14 +118,8 @@ def test_float32_long_sequence_precision(strength, beta_max, record_property):
     """float32 chunk vs float64 naive at T = 4096, normalised keys: relative error <= 1e-5."""
     ref_in = make_inputs(1, 4096, 2, 16, 16, gate=True, beta_max=beta_max, seed=7, state=False)
     ref_in["g"] = ref_in["g"] * 0 - strength
-    o_ref, s_ref = delta_scan(**ref_in, output_final_state=True, backend="naive")
-    f32 = {n: (x.float() if isinstance(x, torch.Tensor) else x) for n, x in ref_in.items()}
-    o, s = delta_scan(**f32, output_final_state=True, backend="chunk")
-    err_o, err_s = rel_err(o, o_ref), rel_err(s, s_ref)
-    record_property("rel_err", (err_o, err_s))
-    print(f"delta g~-{strength} beta<={beta_max}: rel err o {err_o:.2e}, state {err_s:.2e}")
-    assert o.dtype == torch.float32 and torch.isfinite(o).all()
-    assert err_o <= 1e-5 and err_s <= 1e-5
+    errs = assert_float32_precision(delta_scan, ref_in, f"delta g~-{strength} beta<={beta_max}")
+    record_property("rel_err", errs)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from linscan.ops import mlstm_scan
 
 from .harness import (assert_close, assert_decode_matches, assert_matches_naive, assert_state_passing,
-                      assert_varlen_matches_loop, forward_backward, rel_err)
+                      assert_float32_precision, assert_varlen_matches_loop, forward_backward, rel_err)
 
 TIME_KEYS = ("q", "k", "v", "i", "f")
 GATES = ["exp", "sigmoid"]
@@ -164,18 +164,8 @@ def test_float32_long_sequence_precision(gate, record_property):
     error of the float32 naive loop (the division by q . n makes some gates ill-conditioned)."""
     B, T, H, K, V = 1, 4096, 2, 16, 16
     ref_in = make_inputs(B, T, H, K, V, seed=6, state=False)
-    o_ref, s_ref = mlstm_scan(**ref_in, input_gate=gate, output_final_state=True, backend="naive")
-    f32 = {n: x.float() for n, x in ref_in.items()}
-    o, s = mlstm_scan(**f32, input_gate=gate, output_final_state=True, backend="chunk")
-    o_loop, s_loop = mlstm_scan(**f32, input_gate=gate, output_final_state=True, backend="naive")
-    errs = [rel_err(x, ref) for x, ref in zip([o, *s], [o_ref, *s_ref])]
-    errs_loop = [rel_err(x, ref) for x, ref in zip([o_loop, *s_loop], [o_ref, *s_ref])]
+    errs = assert_float32_precision(mlstm_scan, ref_in, f"mlstm {gate}", input_gate=gate)
     record_property("rel_err", errs)
-    print(f"mlstm {gate}: rel err o {errs[0]:.2e} (naive float32 {errs_loop[0]:.2e}), "
-          f"C {errs[1]:.2e}, n {errs[2]:.2e}, m {errs[3]:.2e}")
-    assert o.dtype == torch.float32 and torch.isfinite(o).all()
-    assert max(errs) <= 1e-5
-    assert all(e <= 2 * e_loop + 1e-7 for e, e_loop in zip(errs, errs_loop))
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])

@@ -24,6 +24,7 @@ from ..registry import register
 from .step import decay_step, log_decays
 
 DEFAULT_CHUNK = 64
+SEGMENT_TOKENS = 4096
 SUB_BLOCK = 16
 
 
@@ -48,7 +49,17 @@ def decay_chunk(q, k, v, g=None, *, scale, initial_state=None, output_final_stat
         o, state = decay_step(qc[:, 0] * scale, kc[:, 0], vc[:, 0], log_decays(gc, 1)[0], state)
         o = o[:, None]
     else:
-        o, state = _chunked(qc * scale, kc, vc, gc, state, chunk_size or DEFAULT_CHUNK)
+        C = chunk_size or DEFAULT_CHUNK
+        # long inputs run as segments of whole chunks carrying the state: the same arithmetic,
+        # but every temporary stays cache-sized, so time grows linearly in T
+        step = max(C, SEGMENT_TOKENS // C * C)
+        pieces = [x.split(step, dim=1) if x is not None else [None] * -(-T // step)
+                  for x in (qc * scale, kc, vc, gc)]
+        parts = []
+        for q_s, k_s, v_s, g_s in zip(*pieces):
+            o_part, state = _chunked(q_s, k_s, v_s, g_s, state, C)
+            parts.append(o_part)
+        o = torch.cat(parts, dim=1)
     return o.to(q.dtype), (state if output_final_state else None)
 
 
