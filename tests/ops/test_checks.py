@@ -5,7 +5,7 @@ import re
 import pytest
 import torch
 
-from linscan.ops import decay_scan
+from linscan.ops import decay_scan, delta_scan, mlstm_scan
 
 B, T, H, K, V = 2, 6, 3, 4, 5
 
@@ -92,3 +92,45 @@ def test_nan_does_not_raise():
     x["q"][1, 2, 0, 0] = float("nan")
     o, _ = decay_scan(**x)
     assert torch.isnan(o).any()
+
+
+def _delta(**change):
+    x = dict(q=torch.randn(B, T, H, K), k=torch.randn(B, T, H, K), v=torch.randn(B, T, H, V),
+             beta=torch.rand(B, T, H), g=-torch.rand(B, T, H))
+    return x | change
+
+
+def _mlstm(**change):
+    x = dict(q=torch.randn(B, T, H, K), k=torch.randn(B, T, H, K), v=torch.randn(B, T, H, V),
+             i=torch.randn(B, T, H), f=torch.randn(B, T, H))
+    return x | change
+
+
+FAMILY_CASES = [
+    ("beta > 2", delta_scan, _delta(beta=torch.full((B, T, H), 2.5)), ValueError,
+     r"beta: expected values in \[0, 2\], got range \[2.5, 2.5\]"),
+    ("beta < 0", delta_scan, _delta(beta=torch.full((B, T, H), -0.5)), ValueError,
+     r"beta: expected values in \[0, 2\], got range \[-0.5, -0.5\]"),
+    ("beta layout", delta_scan, _delta(beta=torch.rand(B, T, 2, H)), ValueError,
+     r"beta: expected shape \[B, T, H\] = \[2, 6, 3\], got \[2, 6, 2, 3\]"),
+    ("R layout mix", delta_scan, _delta(k=torch.randn(B, T, 2, H, K)), ValueError,
+     r"v: expected 5 dims \[B, T, R, H, V\], got 4 dims \[2, 6, 3, 5\]"),
+    ("delta g diagonal", delta_scan, _delta(g=-torch.rand(B, T, H, K)), ValueError,
+     r"g: expected shape \[B, T, H\] = \[2, 6, 3\], got \[2, 6, 3, 4\]"),
+    ("delta g positive", delta_scan, _delta(g=torch.ones(B, T, H)), ValueError,
+     r"g: expected log-decay values <= 0, got a maximum of 1"),
+    ("input gate", mlstm_scan, _mlstm(input_gate="softmax"), ValueError,
+     r"input_gate: expected one of \['exp', 'sigmoid'\], got 'softmax'"),
+    ("mlstm state type", mlstm_scan, _mlstm(initial_state=torch.zeros(B, H, K, V)), TypeError,
+     r"initial_state: expected a tuple \(C, n, m\) of tensors, got Tensor"),
+    ("mlstm state arity", mlstm_scan, _mlstm(initial_state=(torch.zeros(B, H, K, V), torch.zeros(B, H, K))),
+     ValueError, r"initial_state: expected a tuple \(C, n, m\) of 3 tensors, got 2 items"),
+    ("mlstm f shape", mlstm_scan, _mlstm(f=torch.randn(B, 3, H)), ValueError,
+     r"f: expected shape \[B, T, H\] = \[2, 6, 3\], got \[2, 3, 3\]"),
+]
+
+
+@pytest.mark.parametrize("label, op, inputs, exc, pattern", FAMILY_CASES, ids=[c[0] for c in FAMILY_CASES])
+def test_family_validation(label, op, inputs, exc, pattern):
+    with pytest.raises(exc, match=pattern):
+        op(**inputs)
