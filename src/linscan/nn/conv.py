@@ -47,7 +47,12 @@ class ShortConv(nn.Module):
         if state is None:
             state = xs.new_zeros(N, D, W - 1)
         full = torch.cat([state.to(xs.dtype), xs.transpose(1, 2)], dim=2)  # (N, D, W - 1 + T)
-        y = F.conv1d(full, self.conv.weight, self.conv.bias, groups=D).transpose(1, 2)  # (N, T, D)
+        if T == 1 and cu_seqlens is None:
+            # decode step: one window per channel; a dot product is ~50x cheaper than conv1d here
+            y = (full * self.conv.weight[:, 0]).sum(-1)[:, None, :]  # (N, 1, D)
+            y = y if self.conv.bias is None else y + self.conv.bias
+        else:
+            y = F.conv1d(full, self.conv.weight, self.conv.bias, groups=D).transpose(1, 2)  # (N, T, D)
         if self.activation == "silu":
             y = F.silu(y)
         # the last W - 1 real inputs of each sequence sit at columns len .. len + W - 2 of `full`
