@@ -6,6 +6,7 @@
 from .decay import decay_scan
 from .delta import delta_scan
 from .mlstm import mlstm_scan
+from .scan import linear_scan
 from .registry import available, get, register, resolve
 
-__all__ = ["decay_scan", "delta_scan", "mlstm_scan", "available", "get", "register", "resolve"]
+__all__ = ["decay_scan", "delta_scan", "mlstm_scan", "linear_scan", "available", "get", "register", "resolve"]
