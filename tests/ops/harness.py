@@ -166,3 +166,11 @@ def assert_float32_precision(op, inputs: dict, label: str, bound: float = 1e-5, 
     assert max(errs) <= bound, errs
     assert all(e <= 2 * e_loop + 1e-7 for e, e_loop in zip(errs, errs_loop)), (errs, errs_loop)
     return errs
+
+
+def forbid(monkeypatch, module, name: str = "_chunked") -> None:
+    """Make ``module.name`` raise, proving that a path (the T == 1 decode step) never reaches it."""
+    def boom(*args, **kwargs):
+        raise AssertionError(f"the T == 1 step went through {module.__name__}.{name}")
+
+    monkeypatch.setattr(module, name, boom)

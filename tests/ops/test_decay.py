@@ -5,7 +5,7 @@ import torch
 
 from linscan.ops import decay_scan
 
-from .harness import (assert_decode_matches, assert_matches_naive, assert_state_passing,
+from .harness import (forbid, assert_decode_matches, assert_matches_naive, assert_state_passing,
                       assert_float32_precision, assert_varlen_matches_loop, rel_err)
 
 TIME_KEYS = ("q", "k", "v", "g")
@@ -72,10 +72,7 @@ def test_decode_loop_equals_scan(form, backend):
 def test_decode_step_does_not_chunk(monkeypatch):
     from linscan.ops.decay import chunk
 
-    def boom(*args, **kwargs):
-        raise AssertionError("the T == 1 step went through the chunk machinery")
-
-    monkeypatch.setattr(chunk, "_chunked", boom)
+    forbid(monkeypatch, chunk, "_chunked")
     inputs = make_inputs(2, 1, 2, 4, 3, "scalar")
     o, s = decay_scan(**inputs, output_final_state=True, backend="chunk")
     assert o.shape == (2, 1, 2, 3) and s.shape == (2, 2, 4, 3)

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from linscan.ops import mlstm_scan
 
-from .harness import (assert_close, assert_decode_matches, assert_matches_naive, assert_state_passing,
+from .harness import (forbid, assert_close, assert_decode_matches, assert_matches_naive, assert_state_passing,
                       assert_float32_precision, assert_varlen_matches_loop, forward_backward, rel_err)
 
 TIME_KEYS = ("q", "k", "v", "i", "f")
@@ -74,10 +74,7 @@ def test_decode_loop_equals_scan(backend, gate):
 def test_decode_step_does_not_chunk(monkeypatch, gate):
     from linscan.ops.mlstm import chunk
 
-    def boom(*args, **kwargs):
-        raise AssertionError("the T == 1 step went through the chunk machinery")
-
-    monkeypatch.setattr(chunk, "_chunked", boom)
+    forbid(monkeypatch, chunk, "_chunked")
     inputs = make_inputs(2, 1, 2, 4, 3)
     o, (C, n, m) = mlstm_scan(**inputs, input_gate=gate, output_final_state=True, backend="chunk")
     assert o.shape == (2, 1, 2, 3) and C.shape == (2, 2, 4, 3) and n.shape == (2, 2, 4) and m.shape == (2, 2)

@@ -11,10 +11,13 @@ class Progress:
         self.total, self.start, self.enabled, self.stream = total, start, enabled, stream
         self.t0 = time.perf_counter()
         self.tokens = 0
+        # a terminal gets one line redrawn in place; a log file a line every ~5% of the steps
+        self.tty = hasattr(stream, "isatty") and stream.isatty()
+        self.every = max(1, (total - start) // 20)
 
     def update(self, step: int, tokens: int, **metrics) -> None:
         self.tokens += tokens
-        if not self.enabled:
+        if not self.enabled or (not self.tty and (step + 1 - self.start) % self.every and step + 1 != self.total):
             return
         elapsed = time.perf_counter() - self.t0
         done = step + 1 - self.start
@@ -23,13 +26,14 @@ class Progress:
         width = 24
         filled = int(width * (step + 1) / self.total)
         info = " ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items())
-        line = (f"\r[{'#' * filled}{'.' * (width - filled)}] {step + 1}/{self.total} {info} "
+        prefix = "\r" if self.tty else ""
+        line = (f"{prefix}[{'#' * filled}{'.' * (width - filled)}] {step + 1}/{self.total} {info} "
                 f"{rate:,.0f} tok/s ETA {_fmt(eta)}")
-        self.stream.write(line)
+        self.stream.write(line if self.tty else line + "\n")
         self.stream.flush()
 
     def close(self) -> None:
-        if self.enabled:
+        if self.enabled and self.tty:
             self.stream.write("\n")
             self.stream.flush()
 
