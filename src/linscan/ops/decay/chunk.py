@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from .. import varlen
 from ..dtypes import compute_dtype, upcast
 from ..registry import register
+from ..state_scan import chunk_state_scan
 from .step import decay_step, log_decays
 
 DEFAULT_CHUNK = 64
@@ -88,18 +89,13 @@ def _chunked(q, k, v, g, state, C):
     # 3. per-chunk writes, then the state entering every chunk (sequential over N only)
     if g is None:
         writes = k.transpose(-1, -2) @ v                           # (B, H, N, K, V)
-        chunk_decay = None
+        chunk_decay = writes.new_ones(writes.shape[:3])            # (B, H, N)
     else:
         b_last = b[..., -1:, :]                                    # (B, H, N, 1, K | 1)
         writes = (k * (b_last - b).exp()).transpose(-1, -2) @ v    # (B, H, N, K, V)
-        chunk_decay = b_last.squeeze(-2).exp()[..., None]          # (B, H, N, K | 1, 1)
-    # unbind, not writes[:, :, n]: the backward of indexing allocates a full-size zero tensor per step
-    decays = [None] * N if chunk_decay is None else chunk_decay.unbind(2)
-    entering = []
-    for decay, write in zip(decays, writes.unbind(2)):
-        entering.append(state)
-        state = (state if decay is None else decay * state) + write
-    entering = torch.stack(entering, dim=2)                        # (B, H, N, K, V)
+        chunk_decay = b_last.squeeze(-2).exp()                     # (B, H, N, K | 1)
+        chunk_decay = chunk_decay if diagonal else chunk_decay[..., 0]
+    entering, state = chunk_state_scan(chunk_decay, writes, state)  # (B, H, N, K, V), (B, H, K, V)
 
     # 4. inter-chunk outputs from the entering states
     q_in = q if g is None else q * b.exp()
@@ -110,7 +106,8 @@ def _chunked(q, k, v, g, state, C):
 
 def _to_chunks(x, N, C):
     """(B, T, H, D) -> (B, H, N, C, D), zero-padded at the end."""
-    x = F.pad(x, (0, 0, 0, 0, 0, N * C - x.shape[1]))
+    if N * C != x.shape[1]:
+        x = F.pad(x, (0, 0, 0, 0, 0, N * C - x.shape[1]))
     return x.transpose(1, 2).unflatten(2, (N, C))
 
 

@@ -39,11 +39,11 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch.autograd.function import once_differentiable
 
 from .. import varlen
 from ..dtypes import compute_dtype, upcast
 from ..registry import register
+from ..state_scan import chunk_state_scan
 from .step import check_input_gate, log_gates, mlstm_step, readout, start_state
 
 DEFAULT_CHUNK = 64
@@ -101,8 +101,8 @@ def _chunked(q, k, v, li, lf, state, C, *, scale, stabilise, normalize, eps):
     kw = k * _per_row((logw[..., -1, :] - m_out[..., None]).exp(), k)   # (B, H, N, C, K), weights <= 1
     writes, writes_n = kw.transpose(-1, -2) @ v, kw.sum(dim=-2)    # (B, H, N, K, V), (B, H, N, K)
     keep = (b_last + m_in - m_out).exp()                           # (B, H, N), <= 1
-    mem_in, mem = _Scan.apply(keep, writes, mem)                   # (B, H, N, K, V), (B, H, K, V)
-    norm_in, norm = _Scan.apply(keep, writes_n, norm)              # (B, H, N, K), (B, H, K)
+    mem_in, mem = chunk_state_scan(keep, writes, mem)                   # (B, H, N, K, V), (B, H, K, V)
+    norm_in, norm = chunk_state_scan(keep, writes_n, norm)              # (B, H, N, K), (B, H, K)
 
     # 4. per-token max-state; intra-chunk and inter-chunk terms. The query scale multiplies
     #    every weight, so ln(scale) joins the exponents instead of costing a pass over q
@@ -140,41 +140,7 @@ def _max_state(b, a, m):
             m_prev.append(m_run)
             m_run = torch.maximum(b_n + m_run, a_n)
         pick_a = ~(a <= b + torch.stack(m_prev, dim=-1))           # (B, H, N); NaN in a propagates
-    return _Scan.apply((~pick_a).to(b.dtype), torch.where(pick_a, a, b), m)
-
-
-class _Scan(torch.autograd.Function):
-    """x_{n+1} = alpha_n x_n + u_n over axis 2; returns every x_n entering (n < N) and x_N.
-
-    alpha: (B, H, N); u: (B, H, N, *D); x0: (B, H, *D). One autograd node with a plain
-    loop each way (one fused op per step, on views unbound once: indexing in the loop
-    would cost more than the arithmetic), instead of a graph of N small nodes per op.
-    """
-
-    @staticmethod
-    def forward(ctx, alpha, u, x0):
-        alpha = alpha.view(*alpha.shape, *[1] * (u.dim() - 3))     # broadcast over *D
-        entering = torch.empty_like(u)                             # (B, H, N, *D)
-        xs = entering.unbind(2)
-        xs[0].copy_(x0)
-        for alpha_n, u_n, x_n, x_next in zip(alpha.unbind(2), u.unbind(2), xs, xs[1:]):
-            torch.addcmul(u_n, alpha_n, x_n, out=x_next)
-        ctx.save_for_backward(alpha, entering)
-        return entering, torch.addcmul(u[:, :, -1], alpha[:, :, -1], xs[-1])
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, d_entering, d_last):
-        alpha, entering = ctx.saved_tensors
-        d_after = torch.empty_like(entering)                       # dL/dx_{n+1} = dL/du_n
-        ds = d_after.unbind(2)
-        ds[-1].copy_(d_last)
-        steps = list(zip(alpha.unbind(2), d_entering.unbind(2), ds, (None,) + ds[:-1]))
-        for alpha_n, d_in, d_n, d_prev in reversed(steps[1:]):
-            torch.addcmul(d_in, alpha_n, d_n, out=d_prev)
-        d_x0 = torch.addcmul(d_entering[:, :, 0], alpha[:, :, 0], ds[0])
-        d_alpha = (d_after * entering).reshape(*alpha.shape[:3], -1).sum(-1)   # (B, H, N)
-        return d_alpha, d_after, d_x0                              # grads of alpha, u, x0
+    return chunk_state_scan((~pick_a).to(b.dtype), torch.where(pick_a, a, b), m)
 
 
 def _log_weights(lf, li):
