@@ -245,3 +245,13 @@ def test_matches_mlstm_kernels():
         assert_close(mine[2][f"{n}[0]"], leaves[n].grad, f"grad {n} (float64)")
     for j in range(3):
         assert_close(mine[2][f"initial_state[{j}]"], leaves["initial_state"][j].grad, f"grad initial_state[{j}]")
+
+
+@pytest.mark.parametrize("gate", GATES)
+def test_segments_of_chunks_match_naive(gate, monkeypatch):
+    """Long inputs run as segments of whole chunks carrying (C, n, m); force several at small T."""
+    from linscan.ops.mlstm import chunk
+
+    monkeypatch.setattr(chunk, "SEGMENT_TOKENS", 40)                  # 40 // 16 * 16 = 32 tokens
+    inputs = make_inputs(2, 100, 2, 8, 5, seed=12)
+    assert_matches_naive(mlstm_scan, inputs, input_gate=gate, chunk_size=16)

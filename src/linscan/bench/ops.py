@@ -18,7 +18,7 @@ timed round-robin (see :mod:`linscan.bench.timing`). ``fwd`` runs under
 of the output against a fixed random output gradient, for every floating
 input. Inputs are prepared outside the timed region, each implementation in
 its own layout ([B, T, H, K] or [B, H, T, K]) from the same tensors. Peak
-memory (fwd+bwd) is measured on the CPU in a child process per row
+memory (fwd+bwd) is measured on the CPU in fresh child processes (the median of MEMORY_PROBES) per row
 (``python -m linscan.bench.ops SPEC``), so that neither the allocator's
 history nor an out-of-memory kill reaches the main run.
 """
@@ -28,6 +28,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -46,6 +47,7 @@ from . import timing
 FAMILIES = ("decay", "delta", "mlstm")
 MODES = ("fwd", "fwd+bwd")
 NAIVE_MAX_T = 4096            # the token loop takes minutes beyond this
+MEMORY_PROBES = 3             # fresh processes per CPU memory figure, median reported (RSS growth varies +-20%)
 PROBE_T = 64                  # tiny call: does an implementation run at all; memory-probe warm-up
 BAR_T, BAR_T_LONG = 4096, 16384
 PEER_BARS = {"decay": 0.7, "delta": 0.5, "mlstm": 0.8}   # chunk / peer, fwd+bwd at BAR_T
@@ -315,14 +317,19 @@ class Runner:
         spec = {"family": family, "label": impl.label, "peer": impl.role == "peer", "T": T,
                 "threads": torch.get_num_threads(),
                 "setting": {"H": self.s.H, "K": self.s.K, "V": self.s.V}}
-        proc = subprocess.run([sys.executable, "-m", "linscan.bench.ops", json.dumps(spec)],
-                              capture_output=True, text=True)
-        if proc.returncode != 0:
-            why = (f"killed by signal {-proc.returncode} (out of memory?)" if proc.returncode < 0 else
-                   (proc.stderr.strip().splitlines() or ["exit status %d" % proc.returncode])[-1])
-            return None, f"memory probe failed: {why}"
-        peak = json.loads(proc.stdout.strip().splitlines()[-1])["peak_bytes"]
-        return peak, "ok" if peak is not None else "no /proc/self/clear_refs: peak not measured"
+        peaks = []
+        for _ in range(MEMORY_PROBES):
+            proc = subprocess.run([sys.executable, "-m", "linscan.bench.ops", json.dumps(spec)],
+                                  capture_output=True, text=True)
+            if proc.returncode != 0:
+                why = (f"killed by signal {-proc.returncode} (out of memory?)" if proc.returncode < 0 else
+                       (proc.stderr.strip().splitlines() or ["exit status %d" % proc.returncode])[-1])
+                return None, f"memory probe failed: {why}"
+            peak = json.loads(proc.stdout.strip().splitlines()[-1])["peak_bytes"]
+            if peak is None:
+                return None, "no /proc/self/clear_refs: peak not measured"
+            peaks.append(peak)
+        return int(statistics.median(peaks)), "ok"
 
     def first_call(self, impl: Impl, fn, mode: str) -> tuple[float, torch.Tensor | None]:
         """The warm-up call: its time, and (fwd) its output in [B, T, H, V] for the agreement check."""

@@ -21,11 +21,12 @@ import torch.nn.functional as F
 from .. import varlen
 from ..dtypes import compute_dtype, upcast
 from ..registry import register
+from ..segments import run_segments, segment_length
 from ..state_scan import chunk_state_scan
 from .step import decay_step, log_decays
 
 DEFAULT_CHUNK = 64
-SEGMENT_TOKENS = 4096
+SEGMENT_TOKENS = 4096       # long inputs run as segments of whole chunks (ops/segments.py)
 SUB_BLOCK = 16
 
 
@@ -51,16 +52,8 @@ def decay_chunk(q, k, v, g=None, *, scale, initial_state=None, output_final_stat
         o = o[:, None]
     else:
         C = chunk_size or DEFAULT_CHUNK
-        # long inputs run as segments of whole chunks carrying the state: the same arithmetic,
-        # but every temporary stays cache-sized, so time grows linearly in T
-        step = max(C, SEGMENT_TOKENS // C * C)
-        pieces = [x.split(step, dim=1) if x is not None else [None] * -(-T // step)
-                  for x in (qc * scale, kc, vc, gc)]
-        parts = []
-        for q_s, k_s, v_s, g_s in zip(*pieces):
-            o_part, state = _chunked(q_s, k_s, v_s, g_s, state, C)
-            parts.append(o_part)
-        o = torch.cat(parts, dim=1)
+        o, state = run_segments(lambda *xs: _chunked(*xs, C), (qc * scale, kc, vc, gc), state,
+                                segment_length(C, SEGMENT_TOKENS))
     return o.to(q.dtype), (state if output_final_state else None)
 
 

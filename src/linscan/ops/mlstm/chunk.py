@@ -43,10 +43,12 @@ import torch.nn.functional as F
 from .. import varlen
 from ..dtypes import compute_dtype, upcast
 from ..registry import register
+from ..segments import run_segments, segment_length
 from ..state_scan import chunk_state_scan
 from .step import check_input_gate, log_gates, mlstm_step, readout, start_state
 
 DEFAULT_CHUNK = 64
+SEGMENT_TOKENS = 4096       # long inputs run as segments of whole chunks (ops/segments.py)
 
 
 @register("mlstm", "chunk")
@@ -69,7 +71,9 @@ def mlstm_chunk(q, k, v, i, f, *, input_gate="exp", normalize=True, initial_stat
         o, state = mlstm_step(qc[:, 0] * K ** -0.5, kc[:, 0], vc[:, 0], li[:, 0], lf[:, 0], state, **options)
         o = o[:, None]
     else:
-        o, state = _chunked(qc, kc, vc, li, lf, state, chunk_size or DEFAULT_CHUNK, scale=K ** -0.5, **options)
+        C = chunk_size or DEFAULT_CHUNK
+        o, state = run_segments(lambda *xs: _chunked(*xs, C, scale=K ** -0.5, **options),
+                                (qc, kc, vc, li, lf), state, segment_length(C, SEGMENT_TOKENS))
     if cu_seqlens is not None:
         o = varlen.unpad(o, cu_seqlens)
     return o.to(q.dtype), (state if output_final_state else None)
