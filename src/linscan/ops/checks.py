@@ -142,6 +142,15 @@ def check_cu_seqlens(cu_seqlens, dims: Dims, device: torch.device) -> int:
     return len(offsets) - 1
 
 
+def check_sequences(dims: Dims, cu_seqlens, initial_state, chunk_size, device: torch.device) -> int:
+    """The options shared by the matrix-state ops: ``cu_seqlens``, an ``initial_state``
+    ``[N, H, K, V]`` and ``chunk_size``; returns N (sequences, or B)."""
+    N = check_cu_seqlens(cu_seqlens, dims, device)
+    check_state(initial_state, "initial_state", "N H K V", (N, dims.H, dims.K, dims.V), device)
+    check_chunk_size(chunk_size)
+    return N
+
+
 def check_state(x, name: str, symbols: str, sizes: tuple[int, ...], device: torch.device) -> None:
     """Validate an optional float state tensor against ``sizes``."""
     if x is None:

@@ -36,11 +36,9 @@ def decay_scan(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tenso
         float64 for float64 inputs) or None unless ``output_final_state``.
     """
     dims = checks.check_qkv(q, k, v)
-    B, T, H, K, V = dims.B, dims.T, dims.H, dims.K, dims.V
+    B, T, H, K = dims.B, dims.T, dims.H, dims.K
     g = checks.check_gate(g, "g", {"H": (H,), "B T H": (B, T, H), "B T H K": (B, T, H, K)}, q.device)
-    N = checks.check_cu_seqlens(cu_seqlens, dims, q.device)
-    checks.check_state(initial_state, "initial_state", "N H K V", (N, H, K, V), q.device)
-    checks.check_chunk_size(chunk_size)
+    checks.check_sequences(dims, cu_seqlens, initial_state, chunk_size, q.device)
     fn = registry.get("decay", backend, q.device)
     return fn(q, k, v, g, scale=checks.check_scale(scale, K), initial_state=initial_state,
               output_final_state=output_final_state, cu_seqlens=cu_seqlens, chunk_size=chunk_size)

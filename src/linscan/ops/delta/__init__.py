@@ -44,15 +44,13 @@ def delta_scan(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Te
         float64 for float64 inputs) or None unless ``output_final_state``.
     """
     dims = checks.check_qkv(q, k, v, householder=True)
-    B, T, R, H, K, V = dims.B, dims.T, dims.R, dims.H, dims.K, dims.V
+    B, T, R, H, K = dims.B, dims.T, dims.R, dims.H, dims.K
     checks.expect_floating(beta, "beta")
     beta_form = {"B T R H": (B, T, R, H)} if k.dim() == 5 else {"B T H": (B, T, H)}
     beta = checks.check_gate(beta, "beta", beta_form, q.device, max_value=None)
     checks.check_range(beta, "beta", 0, 2)
     g = checks.check_gate(g, "g", {"B T H": (B, T, H)}, q.device)
-    N = checks.check_cu_seqlens(cu_seqlens, dims, q.device)
-    checks.check_state(initial_state, "initial_state", "N H K V", (N, H, K, V), q.device)
-    checks.check_chunk_size(chunk_size)
+    checks.check_sequences(dims, cu_seqlens, initial_state, chunk_size, q.device)
     fn = registry.get("delta", backend, q.device)
     return fn(q, k, v, beta, g, scale=checks.check_scale(scale, K), initial_state=initial_state,
               output_final_state=output_final_state, cu_seqlens=cu_seqlens, chunk_size=chunk_size)
