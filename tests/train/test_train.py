@@ -97,7 +97,7 @@ def test_checkpoint_files_atomic_and_validated(tmp_path, text_file):
 
 
 DDP_SCRIPT = """
-import sys, torch, torch.distributed as dist
+import os, sys, torch, torch.distributed as dist
 from linscan.train import TrainArgs, train
 torch.set_num_threads(1)
 args = TrainArgs(preset="tiny", data=sys.argv[1], steps=3, batch_size=2, seq_len=32, eval_every=100,
@@ -108,8 +108,10 @@ gathered = [torch.zeros_like(flat) for _ in range(dist.get_world_size())]
 dist.all_gather(gathered, flat)
 if dist.get_rank() == 0:
     print("MAXDIFF", max((g - gathered[0]).abs().max().item() for g in gathered))
-    print("LOSSES", summary["losses"])
+    print("LOSSES", summary["losses"], flush=True)
+dist.barrier()                      # both ranks done before gloo tears down (a rank leaving early aborts)
 dist.destroy_process_group()
+os._exit(0)                         # skip interpreter teardown: gloo threads can abort in static destructors
 """
 
 

@@ -55,8 +55,12 @@ def train(args) -> int:
         summary = run(targs)
     except (ValueError, FileNotFoundError, CheckpointError) as e:
         return _fail(str(e))
-    if torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
-        return 0                                  # data parallel: rank 0 reports
+    if torch.distributed.is_initialized():
+        rank = torch.distributed.get_rank()
+        torch.distributed.barrier()               # every rank finished before the group is torn down
+        torch.distributed.destroy_process_group()
+        if rank != 0:
+            return 0                              # data parallel: rank 0 reports
     print(f"validation: {summary['val_bpb']:.3f} bits per byte after {summary['steps']} steps "
           f"(unigram entropy of the validation bytes: {summary['unigram_bpb']:.3f}); "
           f"{summary['tokens_per_s']:,.0f} tokens/s; run folder {targs.out}")
