@@ -6,6 +6,9 @@ import torch
 
 from .. import checks, registry
 from . import chunk, naive  # noqa: F401  (register the backends)
+from ..lazy_triton import register_lazy
+
+register_lazy("decay", "linscan.ops.decay.triton", "decay_triton")
 
 
 def decay_scan(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor | None = None, *,

@@ -6,6 +6,9 @@ import torch
 
 from .. import checks, registry
 from . import chunk, naive  # noqa: F401  (register the backends)
+from ..lazy_triton import register_lazy
+
+register_lazy("delta", "linscan.ops.delta.triton", "delta_triton")
 
 
 def delta_scan(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor,

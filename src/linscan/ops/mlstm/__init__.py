@@ -6,6 +6,9 @@ import torch
 
 from .. import checks, registry
 from . import chunk, naive  # noqa: F401  (register the backends)
+from ..lazy_triton import register_lazy
+
+register_lazy("mlstm", "linscan.ops.mlstm.triton", "mlstm_triton")
 from .step import check_input_gate
 
 
