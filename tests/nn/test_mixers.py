@@ -24,6 +24,9 @@ CASES = [
     ("deltaproduct", {"n_householder": 3, "gated": True, "allow_neg_eigval": True}),
     ("attention", {}),
     ("attention", {"window": 5}),
+    ("pararnn_gru", {}),
+    ("pararnn_lstm", {"hidden_size": 8}),
+    ("alrnn", {"state_size": 6, "relu_units": 3}),
 ]
 IDS = [name + "".join(f"-{k}={v}" for k, v in opts.items()) for name, opts in CASES]
 TOL = dict(rtol=1e-9, atol=1e-9)

@@ -130,6 +130,24 @@ def test_residual_stops_at_tol_and_default_iters():
     assert info["residuals"][-1] < 1e-6 and all(r >= 1e-6 for r in info["residuals"][:-1])
 
 
+@pytest.mark.parametrize("name", CELLS)
+def test_fallback_gives_the_loop_when_newton_has_not_converged(name):
+    cell = make_cell(name)
+    x, h0 = make_inputs(cell, 2, 30)
+    proj = torch.randn(2, 30, cell.state_size, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    xg = x.clone().requires_grad_()
+    h, info = newton_rnn(cell, xg, h0, max_iters=1, tol=1e-13, fallback=True, return_info=True)
+    assert info["fallback"] and info["iters"] == 1 and info["residuals"][-1] >= 1e-13
+    torch.testing.assert_close(h, sequential_rnn(cell, x, h0), atol=1e-12, rtol=0)
+    (h * proj).sum().backward()                                  # adjoint at the exact solution
+    xr = x.clone().requires_grad_()
+    (sequential_rnn(cell, xr, h0) * proj).sum().backward()
+    torch.testing.assert_close(xg.grad, xr.grad, atol=1e-9, rtol=0)
+    with torch.no_grad():
+        _, info = newton_rnn(cell, x, h0, max_iters=40, tol=1e-12, fallback=True, return_info=True)
+    assert not info["fallback"]
+
+
 def test_after_k_steps_the_first_k_states_are_exact():
     """Whatever the cell's contraction, Newton on the lower-triangular system fixes one more step per iteration."""
     cell = make_cell("gru")

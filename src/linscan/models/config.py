@@ -27,6 +27,9 @@ LETTERS = {
     "E": "deltanet",            # delta rule, no gate
     "D": "gated_deltanet",      # delta rule with scalar gate
     "P": "deltaproduct",        # R Householder steps per token
+    "U": "pararnn_gru",         # nonlinear GRU, diagonal recurrence, Newton-parallel (ParaRNN)
+    "C": "pararnn_lstm",        # nonlinear LSTM-CIFG, 2 x 2 blocks, Newton-parallel (ParaRNN)
+    "Z": "alrnn",               # almost-linear RNN, dense Jacobian, Newton-parallel
 }
 
 

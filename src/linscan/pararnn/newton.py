@@ -9,6 +9,7 @@ recurrence for the correction, solved for all t at once by ``linear_scan``:
     3. Jacobian   J_t = d f(h_{t-1}, x_t) / d h_{t-1}  (diagonal, k x k blocks or dense)
     4. solve      delta_t = J_t delta_{t-1} - F_t      (linear_scan, delta_0 = 0)
     5. update     h <- h + delta; repeat from 2 until max|F| < tol or max_iters
+    6. fallback   (``fallback=True`` and a tol) still max|F| >= tol: the sequential loop
 
 The backward never unrolls these iterations. At the solution the implicit
 function theorem gives the adjoint as one reverse linear scan,
@@ -62,13 +63,17 @@ def sequential_rnn(cell, x, h0=None):
     return torch.stack(out, dim=1)
 
 
-def _solve(cell, x, h0, max_iters, tol, residuals):
-    """Newton iterations (no autograd); appends max|F| of every iterate to ``residuals``."""
+def _solve(cell, x, h0, max_iters, tol, residuals, fallback):
+    """Newton iterations (no autograd); appends max|F| of every iterate to ``residuals``.
+
+    Returns ``(h, fell_back)``.
+    """
     u = cell.project(x)                                          # h-independent part, computed once
     prev = torch.zeros(x.shape[0], x.shape[1], cell.state_size, dtype=u.dtype, device=x.device)
     prev[:, 0] = h0
     h = cell.transition(prev, u)                                 # (B, T, M) initial guess
     track = tol is not None or residuals is not None
+    r = None
     for it in range(max_iters + 1):
         last = it == max_iters                                   # only its residual is reported
         if last and not track:
@@ -86,14 +91,16 @@ def _solve(cell, x, h0, max_iters, tol, residuals):
         if last:
             break
         h = h + _scan(jac, -F)
-    return h
+    if fallback and tol is not None and not r < tol:
+        return sequential_rnn(cell, x, h0), True                 # 6. not converged: the exact loop
+    return h, False
 
 
 class _NewtonRNN(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, cell, max_iters, tol, residuals, x, h0, *params):
+    def forward(ctx, cell, max_iters, tol, info, x, h0, *params):
         with torch.no_grad():
-            h = _solve(cell, x, h0, max_iters, tol, residuals)
+            h, info["fallback"] = _solve(cell, x, h0, max_iters, tol, info["residuals"], info["fallback"])
         ctx.cell = cell
         ctx.save_for_backward(x, h0, h)
         return h
@@ -124,11 +131,11 @@ class _NewtonRNN(torch.autograd.Function):
         result = [next(grads) if n else None for n in needs]
         if result[1] is not None:
             result[1] = result[1][:, 0]                          # J_1^T lambda_1
-        # cell, max_iters, tol, residuals are not tensors: no gradient
+        # cell, max_iters, tol, info are not tensors: no gradient
         return (None, None, None, None, *result)
 
 
-def newton_rnn(cell, x, h0=None, *, max_iters=3, tol=None, return_info=False):
+def newton_rnn(cell, x, h0=None, *, max_iters=3, tol=None, fallback=False, return_info=False):
     """Solve h_t = cell.step(h_{t-1}, x_t) for all t at once by Newton iterations.
 
     Args:
@@ -139,8 +146,11 @@ def newton_rnn(cell, x, h0=None, *, max_iters=3, tol=None, return_info=False):
         max_iters: Newton steps at most (3 usually suffice for contractive cells;
             after k steps the first k states are exact whatever the cell).
         tol: stop once max|F(h)| < tol (None: always take max_iters steps).
+        fallback: with a tol, when max|F| is still >= tol after max_iters steps, solve
+            by the sequential loop instead (exact; slow for long T, reported in the info).
         return_info: also return ``{"residuals": [max|F| of each iterate,
-            starting with the initial guess], "iters": Newton steps taken}``.
+            starting with the initial guess], "iters": Newton steps taken,
+            "fallback": whether the sequential loop gave the result}``.
 
     Returns:
         h [B, T, M], all states h_1..h_T (and the info dict when asked).
@@ -152,8 +162,8 @@ def newton_rnn(cell, x, h0=None, *, max_iters=3, tol=None, return_info=False):
     state = _initial_state(cell, x, h0)
     if state.shape != (x.shape[0], cell.state_size):
         raise ValueError(f"h0: expected [{x.shape[0]}, {cell.state_size}], got {tuple(state.shape)}")
-    residuals = [] if return_info else None
-    h = _NewtonRNN.apply(cell, max_iters, tol, residuals, x, state, *cell.parameters())
+    info = {"residuals": [] if return_info else None, "fallback": fallback}
+    h = _NewtonRNN.apply(cell, max_iters, tol, info, x, state, *cell.parameters())
     if not return_info:
         return h
-    return h, {"residuals": residuals, "iters": len(residuals) - 1}
+    return h, {"residuals": info["residuals"], "iters": len(info["residuals"]) - 1, "fallback": info["fallback"]}

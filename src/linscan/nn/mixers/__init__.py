@@ -15,6 +15,7 @@ from .hgrn2 import HGRN2
 from .lightning import Lightning, lightning_slopes
 from .linear_attention import LinearAttention
 from .mlstm import MLSTM
+from .pararnn import ALRNNMixer, ParaGRUMixer, ParaLSTMMixer
 from .retnet import RetNet
 
 MIXERS = {
@@ -27,8 +28,11 @@ MIXERS = {
     "deltanet": DeltaNet,
     "gated_deltanet": GatedDeltaNet,
     "deltaproduct": DeltaProduct,
+    "pararnn_gru": ParaGRUMixer,
+    "pararnn_lstm": ParaLSTMMixer,
+    "alrnn": ALRNNMixer,
     "attention": Attention,
 }
 
 __all__ = ["MIXERS", "Attention", "DeltaNet", "DeltaProduct", "GLA", "GatedDeltaNet", "HGRN2", "Lightning",
-           "LinearAttention", "MLSTM", "RetNet", "lightning_slopes"]
+           "LinearAttention", "MLSTM", "RetNet", "ParaGRUMixer", "ParaLSTMMixer", "ALRNNMixer", "lightning_slopes"]
