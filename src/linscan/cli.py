@@ -191,9 +191,36 @@ def _bench_model(args) -> int:
     return 0
 
 
+def _bench_rnn_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cells", default="gru,lstm", help="comma-separated cells from gru, lstm (default gru,lstm)")
+    p.add_argument("--lengths", type=_t_list, default=[1024, 16384], metavar="T,...",
+                   help="sequence lengths (default 1024,16384)")
+    p.add_argument("--batch", type=_positive, default=4, help="B (default 4)")
+    p.add_argument("--dim", type=_positive, default=256, help="input and hidden size D (default 256)")
+    p.add_argument("--compile", action="store_true", help="also time Newton with torch.compile'd cell maps")
+    p.add_argument("--train-steps", type=int, default=150, metavar="N",
+                   help="steps of the 1-layer ParaGRU LM whose trained cell's convergence is reported (0: skip)")
+    p.add_argument("--threads", type=_positive, default=2, help="torch CPU threads (default 2)")
+    p.add_argument("--out", metavar="PATH.json", help="also write the results as JSON")
+
+
+def _bench_rnn(args) -> int:
+    from linscan.bench import rnn
+
+    cells = [c.strip() for c in args.cells.split(",") if c.strip()]
+    bad = sorted(set(cells) - set(rnn.CELLS))
+    if bad or not cells:
+        raise CliError(f"--cells: expected names from {sorted(rnn.CELLS)}, got {args.cells!r}")
+    rnn.run(cells, args.lengths, args.batch, args.dim, compiled=args.compile, train_steps=args.train_steps,
+            threads=args.threads, out=args.out)
+    return 0
+
+
 BENCHMARKS = {
     "ops": ("scan ops vs their token loop and peers (fla, mlstm_kernels, SDPA)", _bench_ops_args, _bench_ops),
     "model": ("per-token decode time against context length, training tokens/s", _bench_model_args, _bench_model),
+    "rnn": ("Newton-parallel nonlinear RNNs (ParaRNN) vs the sequential loop; convergence",
+            _bench_rnn_args, _bench_rnn),
 }
 
 
