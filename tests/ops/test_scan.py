@@ -117,7 +117,7 @@ def test_decode_step_does_not_chunk(monkeypatch):
 
 def test_default_chunk_and_registry():
     assert [chunk.default_chunk(T) for T in (1, 2, 100, 256, 257, 16384)] == [16, 16, 16, 16, 17, 128]
-    assert available()["scan"] == ["chunk", "naive"]
+    assert {"chunk", "naive"} <= set(available()["scan"])
 
 
 @pytest.mark.parametrize("structure", STRUCTURES)

@@ -6,6 +6,9 @@ import torch
 
 from .. import checks, registry
 from . import chunk, naive  # noqa: F401  (register the backends)
+from ..lazy_triton import register_lazy
+
+register_lazy("scan", "linscan.ops.scan.triton", "scan_triton")
 
 
 def linear_scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None = None, *,
@@ -26,7 +29,7 @@ def linear_scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None = None
         h0: the state before the first scanned position ``[B, D]`` (the last one when
             ``reverse``); default zeros.
         reverse: scan from t = T down to 1.
-        backend: ``"auto"``, ``"naive"``, ``"chunk"`` (see ``linscan.ops.available()``).
+        backend: ``"auto"``, ``"naive"``, ``"chunk"``, ``"triton"`` (diagonal A on a GPU; see ``linscan.ops.available()``).
         chunk_size: positions per chunk for the chunked backend (default ``max(16, ceil(sqrt(T)))``).
 
     Returns:

@@ -33,6 +33,7 @@ diagonal A the forward reads a and b once and writes h and P once.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -61,18 +62,23 @@ def scan_chunk(a, b, h0=None, *, reverse=False, chunk_size=None):
         h0_c = torch.zeros_like(b_c[:, 0]) if h0_c is None else h0_c
         h = apply(a_c[:, 0], h0_c, diag) + b_c[:, 0]
         return h[:, None].flatten(2).to(b.dtype)                    # (B, 1, D)
-    h = _Scan.apply(a_c, b_c, h0_c, chunk_size or default_chunk(T), reverse)
+    engine = functools.partial(_chunked, C=chunk_size or default_chunk(T))
+    h = Scan.apply(engine, a_c, b_c, h0_c, reverse)
     return h.flatten(2).to(b.dtype)                                 # (B, T, D)
 
 
-class _Scan(torch.autograd.Function):
-    """h_t = A_t h_{t-1} + b_t (or h_{t+1} when reverse) in the canonical layout; h0 None = zeros."""
+class Scan(torch.autograd.Function):
+    """h_t = A_t h_{t-1} + b_t (or h_{t+1} when reverse) in the canonical layout; h0 None = zeros.
+
+    ``engine(a, b, h0, reverse) -> h`` computes the scan (this module's chunked loop, or a
+    kernel); the backward runs the adjoint on the same engine.
+    """
 
     @staticmethod
-    def forward(ctx, a, b, h0, C, reverse):
-        h = _chunked(a, b, h0, C, reverse)
+    def forward(ctx, engine, a, b, h0, reverse):
+        h = engine(a, b, h0, reverse=reverse)
         ctx.save_for_backward(a, h0, h)
-        ctx.C, ctx.reverse = C, reverse
+        ctx.engine, ctx.reverse = engine, reverse
         return h
 
     @staticmethod
@@ -82,19 +88,19 @@ class _Scan(torch.autograd.Function):
         # the adjoint runs the other way; its transition at t is A^T of the next position in
         # scan order. The wrapped-around entry meets the adjoint's zero start state.
         a_adj = transpose(a.roll(1 if reverse else -1, dims=1), diag)
-        lam = _Scan.apply(a_adj, dh, None, ctx.C, not reverse)          # (B, T, *S)
+        lam = Scan.apply(ctx.engine, a_adj, dh, None, not reverse)       # (B, T, *S)
         first = 0 if not reverse else -1                                 # the position h0 enters
         grad_a = grad_h0 = None
-        if ctx.needs_input_grad[0]:
+        if ctx.needs_input_grad[1]:                                  # a
             h_in = torch.zeros_like(h[:, 0]) if h0 is None else h0       # (B, *S)
             before = [h_in[:, None], h[:, :-1]] if not reverse else [h[:, 1:], h_in[:, None]]
             grad_a = outer(lam, torch.cat(before, dim=1), diag)
-        if h0 is not None and ctx.needs_input_grad[2]:
+        if h0 is not None and ctx.needs_input_grad[3]:
             grad_h0 = apply(transpose(a[:, first], diag), lam[:, first], diag)
-        return grad_a, lam, grad_h0, None, None                        # C, reverse: settings
+        return None, grad_a, lam, grad_h0, None                        # engine, reverse: settings
 
 
-def _chunked(a, b, h0, C, reverse):
+def _chunked(a, b, h0, reverse, C):
     """a: (B, T, D) | (B, T, G, k, k); b: (B, T, D) | (B, T, G, k); h0: None | b[:, 0]'s shape."""
     diag = a.dim() == b.dim()
     T = b.shape[1]
