@@ -178,3 +178,22 @@ def test_float32_follows_the_float64_solution(name):
         h = newton_rnn(cell.float(), x.float(), h0.float(), max_iters=10)
     assert h.dtype == torch.float32
     torch.testing.assert_close(h.double(), ref, atol=1e-5, rtol=0)
+
+
+def test_fused_cell_gives_the_same_solution_and_gradients():
+    cell = make_cell("gru").float()
+    x, h0 = (t.float() for t in make_inputs(cell, 2, 33))
+    proj = torch.randn(2, 33, cell.state_size, generator=torch.Generator().manual_seed(5))
+
+    def solve(c):
+        xg = x.clone().requires_grad_()
+        h = newton_rnn(c, xg, h0, max_iters=10)
+        (h * proj).sum().backward()
+        return h.detach(), xg.grad
+
+    import copy
+    ref = solve(cell)
+    fused = newton_mod.fuse(copy.deepcopy(cell))
+    assert fused.linearize is not cell.linearize
+    for got, want in zip(solve(fused), ref):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)

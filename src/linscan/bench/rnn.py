@@ -24,7 +24,7 @@ import time
 
 import torch
 
-from ..pararnn import ParaGRU, ParaLSTMCIFG, newton_rnn, sequential_rnn
+from ..pararnn import ParaGRU, ParaLSTMCIFG, fuse, newton_rnn, sequential_rnn
 from .timing import clock, time_round_robin
 
 CELLS = {"gru": ParaGRU, "lstm": ParaLSTMCIFG}
@@ -58,7 +58,7 @@ def time_cell(name: str, T: int, B: int, D: int, *, iters: int = 3, compiled: bo
     if compiled:
         fast = CELLS[name](D, D)
         fast.load_state_dict(cell.state_dict())
-        fast.transition, fast.linearize = torch.compile(fast.transition), torch.compile(fast.linearize)
+        fuse(fast)
         extra = _calls(fast, x, iters)
         calls |= {"newton(compiled) fwd": extra["newton fwd"], "newton(compiled) fwd+bwd": extra["newton fwd+bwd"]}
     warm = {n: clock(fn) for n, fn in calls.items()}

@@ -9,6 +9,6 @@ See :mod:`linscan.pararnn.newton` for the algorithm and shared/MATH.md section 4
 """
 
 from .cells import ALRNN, ParaGRU, ParaLSTMCIFG
-from .newton import newton_rnn, sequential_rnn
+from .newton import fuse, newton_rnn, sequential_rnn
 
-__all__ = ["newton_rnn", "sequential_rnn", "ParaGRU", "ParaLSTMCIFG", "ALRNN"]
+__all__ = ["fuse", "newton_rnn", "sequential_rnn", "ParaGRU", "ParaLSTMCIFG", "ALRNN"]
