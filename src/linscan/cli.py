@@ -3,6 +3,7 @@
     linscan info                       versions, devices, registered backends
     linscan train [options]            train a model (linscan.train)
     linscan generate --ckpt DIR        sample from a trained model with the recurrent cache
+    linscan eval TASK --mixers LIST    length generalisation on a synthetic task (linscan.eval)
     linscan bench ops [options]        the op benchmark (linscan.bench.ops)
     linscan bench model [options]      decode time vs context, training throughput (linscan.bench.models)
 
@@ -201,18 +202,23 @@ def _bench_rnn_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--train-steps", type=int, default=150, metavar="N",
                    help="steps of the 1-layer ParaGRU LM whose trained cell's convergence is reported (0: skip)")
     p.add_argument("--threads", type=_positive, default=2, help="torch CPU threads (default 2)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where to run (default cpu)")
     p.add_argument("--out", metavar="PATH.json", help="also write the results as JSON")
 
 
 def _bench_rnn(args) -> int:
+    import torch
+
     from linscan.bench import rnn
 
     cells = [c.strip() for c in args.cells.split(",") if c.strip()]
     bad = sorted(set(cells) - set(rnn.CELLS))
     if bad or not cells:
         raise CliError(f"--cells: expected names from {sorted(rnn.CELLS)}, got {args.cells!r}")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise CliError("--device cuda: no CUDA device is available")
     rnn.run(cells, args.lengths, args.batch, args.dim, compiled=args.compile, train_steps=args.train_steps,
-            threads=args.threads, out=args.out)
+            threads=args.threads, device=args.device, out=args.out)
     return 0
 
 
@@ -254,10 +260,21 @@ def _generate(args) -> int:
     return generate(args)
 
 
+def _eval_args(p):
+    from linscan.eval.commands import eval_args
+    eval_args(p)
+
+
+def _eval(args) -> int:
+    from linscan.eval.commands import run_eval
+    return run_eval(args)
+
+
 COMMANDS = {
     "info": ("versions, devices and registered backends", _info_args, _info),
     "train": ("train a language model (default: tiny hybrid on the stdlib corpus)", _train_args, _train),
     "generate": ("generate text from a trained run with the recurrent cache", _generate_args, _generate),
+    "eval": ("train a small model per mixer on a synthetic task; accuracy per test length", _eval_args, _eval),
     "bench": ("benchmarks (linscan bench ops --help)", _bench_args, None),
 }
 
@@ -280,7 +297,7 @@ def _passive_openmp(argv: list[str]) -> None:
     its time slice: 2-thread timings then come out 10-100x too slow and erratic.
     Read by OpenMP when torch is first imported; an explicit setting wins.
     """
-    if argv[:1] in (["bench"], ["train"], ["generate"]) and "torch" not in sys.modules:
+    if argv[:1] in (["bench"], ["train"], ["generate"], ["eval"]) and "torch" not in sys.modules:
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 

@@ -1,7 +1,7 @@
 """Newton-parallel nonlinear RNNs against their sequential loop (issue: ParaRNN benchmark).
 
     linscan bench rnn [--cells gru,lstm] [--lengths 1024,16384] [--batch 4] [--dim 256]
-                      [--compile] [--train-steps 150] [--out rnn.json]
+                      [--compile] [--train-steps 150] [--device cpu|cuda] [--out rnn.json]
 
 For every cell and length: seconds of the forward and of forward+backward, for
 the sequential loop (``sequential_rnn``: ``cell.step`` per token, autograd
@@ -48,21 +48,28 @@ def _calls(cell, x, iters: int) -> dict:
     }
 
 
+def _synchronized(fn) -> float:
+    torch.cuda.synchronize()
+    seconds = clock(lambda: (fn(), torch.cuda.synchronize()))
+    return seconds
+
+
 def time_cell(name: str, T: int, B: int, D: int, *, iters: int = 3, compiled: bool = False,
-              repeats: int = 3) -> dict:
+              repeats: int = 3, device: str = "cpu") -> dict:
     """Seconds (median) of loop and Newton, forward and forward+backward, for one cell at one length."""
     torch.manual_seed(0)
-    cell = CELLS[name](D, D)
-    x = torch.randn(B, T, D)
+    cell = CELLS[name](D, D).to(device)
+    x = torch.randn(B, T, D, device=device)
     calls = _calls(cell, x, iters)
     if compiled:
-        fast = CELLS[name](D, D)
+        fast = CELLS[name](D, D).to(device)
         fast.load_state_dict(cell.state_dict())
         fuse(fast)
         extra = _calls(fast, x, iters)
         calls |= {"newton(compiled) fwd": extra["newton fwd"], "newton(compiled) fwd+bwd": extra["newton fwd+bwd"]}
-    warm = {n: clock(fn) for n, fn in calls.items()}
-    times = time_round_robin(calls, repeats=repeats, warm=warm, slow_s=2.0)
+    timer = _synchronized if device == "cuda" else clock
+    warm = {n: timer(fn) for n, fn in calls.items()}
+    times = time_round_robin(calls, repeats=repeats, warm=warm, slow_s=2.0, timer=timer)
     result = {n: sorted(ts)[len(ts) // 2] for n, ts in times.items()}
     with torch.no_grad():
         h, info = newton_rnn(cell, x, max_iters=iters, return_info=True)
@@ -101,15 +108,15 @@ def trained_convergence(steps: int, *, iters: int = 8, d_model: int = 128, T: in
 
 
 def run(cells=("gru", "lstm"), lengths=LENGTHS, batch: int = 4, dim: int = 256, *, compiled: bool = False,
-        train_steps: int = 150, threads: int = 2, out: str | None = None, log=print) -> dict:
+        train_steps: int = 150, threads: int = 2, device: str = "cpu", out: str | None = None, log=print) -> dict:
     """The whole benchmark; prints a table, returns (and optionally writes) the JSON dict."""
     torch.set_num_threads(threads)
-    results = {"setup": dict(batch=batch, dim=dim, threads=threads, newton_iters=3, dtype="float32",
+    results = {"setup": dict(batch=batch, dim=dim, threads=threads, newton_iters=3, dtype="float32", device=device,
                              torch=torch.__version__), "timings": {}}
     for name in cells:
         for T in lengths:
             log(f"timing {name} T={T} ...", file=sys.stderr)
-            results["timings"][f"{name} T={T}"] = time_cell(name, T, batch, dim, compiled=compiled)
+            results["timings"][f"{name} T={T}"] = time_cell(name, T, batch, dim, compiled=compiled, device=device)
     if train_steps:
         log(f"training a 1-layer ParaGRU LM for {train_steps} steps ...", file=sys.stderr)
         results["trained"] = trained_convergence(train_steps)
@@ -122,7 +129,7 @@ def run(cells=("gru", "lstm"), lengths=LENGTHS, batch: int = 4, dim: int = 256, 
 
 def report(results: dict) -> str:
     s = results["setup"]
-    lines = [f"linscan bench rnn: cpu float32, B={s['batch']} D={s['dim']}, {s['threads']} threads, "
+    lines = [f"linscan bench rnn: {s.get('device', 'cpu')} float32, B={s['batch']} D={s['dim']}, {s['threads']} threads, "
              f"Newton {s['newton_iters']} steps; seconds (median), speed-up = loop / Newton", ""]
     head = f"{'cell':<14}{'variant':<26}{'fwd s':>10}{'fwd+bwd s':>12}{'x fwd':>8}{'x f+b':>8}"
     lines.append(head)
