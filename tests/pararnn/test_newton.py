@@ -197,3 +197,27 @@ def test_fused_cell_gives_the_same_solution_and_gradients():
     assert fused.linearize is not cell.linearize
     for got, want in zip(solve(fused), ref):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", CELLS)
+def test_segments_give_the_same_solution_and_gradients(name):
+    cell = make_cell(name)
+    x, h0 = make_inputs(cell, 2, 45)
+    proj = torch.randn(2, 45, cell.state_size, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+
+    def solve(segment):
+        xg, hg = x.clone().requires_grad_(), h0.clone().requires_grad_()
+        h, info = newton_rnn(cell, xg, hg, max_iters=30, tol=1e-13, segment=segment, return_info=True)
+        (h * proj).sum().backward()
+        grads = [xg.grad, hg.grad] + [p.grad.clone() for p in cell.parameters()]
+        cell.zero_grad()
+        return h.detach(), grads, info
+
+    h_ref, g_ref, _ = solve(None)
+    h, g, info = solve(8)                                        # 5 whole segments and a 5-position tail
+    assert info["residuals"][-1] < 1e-13 and not info["fallback"]
+    torch.testing.assert_close(h, h_ref, atol=1e-12, rtol=0)
+    for a, b in zip(g, g_ref):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=0)
+    with pytest.raises(ValueError, match="segment"):
+        newton_rnn(cell, x, segment=0)

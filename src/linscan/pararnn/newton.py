@@ -33,6 +33,9 @@ from linscan.ops import linear_scan
 __all__ = ["newton_rnn", "sequential_rnn", "fuse"]
 
 
+CPU_SEGMENT = 512     # positions per Newton solve on the CPU (segment="auto")
+
+
 def fuse(cell):
     """Compile ``cell.transition`` and ``cell.linearize`` with ``torch.compile``; returns the cell.
 
@@ -148,7 +151,8 @@ class _NewtonRNN(torch.autograd.Function):
         return (None, None, None, None, *result)
 
 
-def newton_rnn(cell, x, h0=None, *, max_iters=3, tol=None, fallback=False, return_info=False):
+def newton_rnn(cell, x, h0=None, *, max_iters=3, tol=None, fallback=False, segment="auto",
+               return_info=False):
     """Solve h_t = cell.step(h_{t-1}, x_t) for all t at once by Newton iterations.
 
     Args:
@@ -161,9 +165,15 @@ def newton_rnn(cell, x, h0=None, *, max_iters=3, tol=None, fallback=False, retur
         tol: stop once max|F(h)| < tol (None: always take max_iters steps).
         fallback: with a tol, when max|F| is still >= tol after max_iters steps, solve
             by the sequential loop instead (exact; slow for long T, reported in the info).
+        segment: solve ``segment`` positions at a time, each segment starting from the
+            previous one's last state (None: all T at once). On a CPU the Newton steps are
+            memory-bound elementwise passes: segments that stay in cache make them 2-4x
+            faster, and a CPU has no parallelism across time to lose. ``"auto"``: None on
+            CUDA, ``CPU_SEGMENT`` positions on the CPU.
         return_info: also return ``{"residuals": [max|F| of each iterate,
-            starting with the initial guess], "iters": Newton steps taken,
-            "fallback": whether the sequential loop gave the result}``.
+            starting with the initial guess; the max over segments], "iters": Newton
+            steps taken (the most of any segment), "fallback": whether the sequential
+            loop gave any segment's result}``.
 
     Returns:
         h [B, T, M], all states h_1..h_T (and the info dict when asked).
@@ -175,8 +185,20 @@ def newton_rnn(cell, x, h0=None, *, max_iters=3, tol=None, fallback=False, retur
     state = _initial_state(cell, x, h0)
     if state.shape != (x.shape[0], cell.state_size):
         raise ValueError(f"h0: expected [{x.shape[0]}, {cell.state_size}], got {tuple(state.shape)}")
-    info = {"residuals": [] if return_info else None, "fallback": fallback}
-    h = _NewtonRNN.apply(cell, max_iters, tol, info, x, state, *cell.parameters())
+    if segment == "auto":
+        segment = None if x.device.type == "cuda" else CPU_SEGMENT
+    if segment is not None and (not isinstance(segment, int) or segment < 1):
+        raise ValueError(f"segment: expected None, \"auto\" or a positive int, got {segment!r}")
+    pieces, infos = [], []
+    for x_seg in (x.split(segment, dim=1) if segment and segment < x.shape[1] else [x]):
+        info = {"residuals": [] if return_info else None, "fallback": fallback}
+        h = _NewtonRNN.apply(cell, max_iters, tol, info, x_seg, state, *cell.parameters())
+        pieces.append(h)
+        infos.append(info)
+        state = h[:, -1]                                         # the next segment starts here
+    h = pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=1)
     if not return_info:
         return h
-    return h, {"residuals": info["residuals"], "iters": len(info["residuals"]) - 1, "fallback": info["fallback"]}
+    n = max(len(i["residuals"]) for i in infos)
+    residuals = [max(i["residuals"][min(j, len(i["residuals"]) - 1)] for i in infos) for j in range(n)]
+    return h, {"residuals": residuals, "iters": n - 1, "fallback": any(i["fallback"] for i in infos)}
