@@ -222,11 +222,23 @@ def _bench_rnn(args) -> int:
     return 0
 
 
+def _bench_gpu_args(p: argparse.ArgumentParser) -> None:
+    from linscan.bench.gpu import add_arguments
+    add_arguments(p)
+
+
+def _bench_gpu(args) -> int:
+    from linscan.bench.gpu import run_args
+    return run_args(args)
+
+
 BENCHMARKS = {
     "ops": ("scan ops vs their token loop and peers (fla, mlstm_kernels, SDPA)", _bench_ops_args, _bench_ops),
     "model": ("per-token decode time against context length, training tokens/s", _bench_model_args, _bench_model),
     "rnn": ("Newton-parallel nonlinear RNNs (ParaRNN) vs the sequential loop; convergence",
             _bench_rnn_args, _bench_rnn),
+    "gpu": ("Triton kernels vs fla / mlstm_kernels / SDPA on a GPU: gate, times, memory, bars "
+            "(--smoke: the CPU plumbing run)", _bench_gpu_args, _bench_gpu),
 }
 
 
