@@ -17,6 +17,7 @@ import torch
 
 from .gpu_gate import describe, gate_variant
 from .gpu_metrics import io_bytes, rates, rel_err, scan_flops, tensor_bytes
+from . import timing
 from .gpu_variants import Dims, Variant, make_inputs
 
 Timer = Callable[[Callable[[], object]], float]      # fn -> milliseconds
@@ -85,14 +86,7 @@ def _sync(device: str) -> None:
 
 def peak_bytes(fn, device: str) -> int | None:
     """Peak CUDA bytes allocated during ``fn`` above those allocated before it (None off CUDA)."""
-    if device != "cuda":
-        return None
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    before = torch.cuda.memory_allocated()
-    fn()
-    torch.cuda.synchronize()
-    return torch.cuda.max_memory_allocated() - before
+    return timing.cuda_peak_bytes(fn) if device == "cuda" else None
 
 
 def measure_ceilings(s: Setting, timer: Timer) -> dict:

@@ -31,18 +31,10 @@ import torch
 import torch.nn.functional as F
 
 from linscan import ops as linscan_ops
+from linscan.ops.checks import Dims  # noqa: F401  (benchmark shapes; R stays 1)
 
 DATA = ("q", "k", "v")      # cast to the benchmark dtype; gates (g, beta, i, f) stay float32
 R_PRODUCT = 2
-
-
-@dataclass(frozen=True)
-class Dims:
-    B: int
-    T: int
-    H: int
-    K: int
-    V: int
 
 
 @dataclass(frozen=True)
