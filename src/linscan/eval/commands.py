@@ -1,0 +1,93 @@
+"""``linscan eval TASK --mixers LIST``: argument parsing, the printed tables and one-line errors."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def length_range(text: str) -> tuple[int, int]:
+    """``"3..40"`` -> (3, 40) (inclusive)."""
+    lo, sep, hi = text.partition("..")
+    try:
+        value = (int(lo), int(hi)) if sep else None
+    except ValueError:
+        value = None
+    if value is None or not 1 <= value[0] <= value[1]:
+        raise argparse.ArgumentTypeError(f"expected a length range LO..HI with 1 <= LO <= HI, got {text!r}")
+    return value
+
+
+def task_option(text: str) -> tuple[str, object]:
+    """``"num_pairs=16"`` -> ("num_pairs", 16); values parse as int, float, true/false, else string."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    value: object = raw
+    if raw.lower() in ("true", "false"):
+        value = raw.lower() == "true"
+    else:
+        for cast in (int, float):
+            try:
+                value = cast(raw)
+                break
+            except ValueError:
+                pass
+    return key.strip(), value
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def eval_args(p: argparse.ArgumentParser) -> None:
+    from .mixers import NAMES
+
+    p.epilog = (f"Mixers: {', '.join(NAMES)}, or hybrids 'first+second R:S' (e.g. 'gated_deltanet+attention 3:1' "
+                "= pattern DDDA). Defaults for model size, steps, batch size and lr: the task's preset "
+                "(linscan.eval.presets).")
+    p.add_argument("task", help="parity, arith, arith_brackets, s3, a5, s5 or mqar")
+    p.add_argument("--mixers", required=True, help="comma-separated mixer names")
+    p.add_argument("--train-len", type=length_range, default=None, metavar="A..B",
+                   help="training lengths (default: the task's)")
+    p.add_argument("--test-len", type=length_range, default=None, metavar="C..D",
+                   help="test lengths, split into buckets (default: the task's)")
+    p.add_argument("--steps", type=_positive, default=None)
+    p.add_argument("--seeds", type=_positive, default=1, help="runs per mixer (seeds 0..S-1, default 1)")
+    p.add_argument("--batch-size", type=_positive, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--layers", type=_positive, default=None, help="depth (default: the task preset's)")
+    p.add_argument("--d-model", type=_positive, default=None, help="width (default: the task preset's)")
+    p.add_argument("--eval-sequences", type=_positive, default=None, help="sequences per length bucket")
+    p.add_argument("--task-option", type=task_option, action="append", default=[], metavar="KEY=VALUE",
+                   help="task constructor option, repeatable (e.g. num_pairs=16)")
+    p.add_argument("--out", default=None, metavar="DIR", help="write DIR/results.json and DIR/accuracy.png")
+
+
+def run_eval(args) -> int:
+    from .mixers import parse_mixers
+    from .report import format_table
+    from .runner import run
+
+    try:
+        specs = parse_mixers(args.mixers)
+        results = run(args.task, specs, train_lengths=args.train_len, test_lengths=args.test_len, seeds=args.seeds,
+                      out=args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                      n_layers=args.layers, d_model=args.d_model, eval_sequences=args.eval_sequences,
+                      task_options=dict(args.task_option))
+    except ValueError as e:
+        print(f"linscan: error: {e}", file=sys.stderr)
+        return 1
+    print(format_table(results, "acc"))
+    if any(r["seq_acc"] != r["acc"] for m in results["mixers"].values() for run_ in m["runs"] for r in run_["buckets"]):
+        print()
+        print(format_table(results, "seq_acc"))
+    print(f"\nwall time {results['wall_seconds']:.0f} s" + (f"; wrote {args.out}/results.json, accuracy.png"
+                                                            if args.out else ""))
+    return 0

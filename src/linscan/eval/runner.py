@@ -1,0 +1,198 @@
+"""Train a small model per mixer on a synthetic task, then measure accuracy per length bucket.
+
+    from linscan.eval import run
+    results = run("parity", ["deltanet", "deltanet_neg"], steps=1000, seeds=2, out="eval_runs/parity")
+
+Training (one model per mixer and seed): AdamW, linear warmup then cosine decay,
+gradient clipping; every step a fresh batch ``task.sample(batch, train_lengths,
+seed=train_seed(seed, step))``; the loss is the cross entropy of the logits
+against the task's ALIGNED labels (position t predicts labels[:, t], no shift),
+-100 ignored. Evaluation: accuracy on the scored positions of a fixed set of
+sequences per length bucket (the same for every mixer and seed), and the
+fraction of sequences whose every scored position is right.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+from ..models import LinscanConfig, LinscanForCausalLM
+from ..train.optim import make_optimizer, make_scheduler
+from .mixers import MixerSpec, parse_mixer
+from .presets import EvalPreset, buckets, get_preset
+
+THREADS = 2
+EVAL_SEED = 2**40          # training seeds stay below it: evaluation never sees a training batch
+EVAL_TOKENS = 16384        # tokens per evaluation forward (memory bound)
+
+
+def train_seed(seed: int, step: int) -> int:
+    """The data seed of training step ``step`` of run ``seed`` (distinct for every pair)."""
+    return seed * 10_000_019 + step
+
+
+def build_model(spec: MixerSpec, preset: EvalPreset, vocab_size: int, seed: int) -> LinscanForCausalLM:
+    """The preset's model with ``spec``'s layer pattern; weights drawn from ``seed``."""
+    config = LinscanConfig(vocab_size=vocab_size, d_model=preset.d_model, n_layers=spec.n_layers(preset.n_layers),
+                           pattern=spec.pattern, n_heads=preset.n_heads, mlp_ratio=preset.mlp_ratio,
+                           mixer_options=spec.mixer_options)
+    torch.manual_seed(seed)
+    return LinscanForCausalLM(config)
+
+
+def scored_logits(model: LinscanForCausalLM, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``model(input_ids).logits[mask]`` ([n_scored, vocab]) without the head on unscored positions.
+
+    input_ids, mask: [B, T]. The head is most of the work when the vocabulary is
+    large (MQAR: 8192) and few positions are scored; the stack is the model's own.
+    """
+    x = model.embed(input_ids)                                   # (B, T, D)
+    for block in model.blocks:
+        x, _ = block(x)
+    return model.head(model.norm(x[mask]))                       # (n_scored, vocab)
+
+
+def _progress(label: str, step: int, total: int, loss: float, acc: float, t0: float, stream) -> None:
+    every = max(1, total // 10)
+    if stream is not None and ((step + 1) % every == 0 or step + 1 == total):
+        print(f"  {label}: step {step + 1}/{total} loss {loss:.4f} train acc {acc:.3f} "
+              f"{time.perf_counter() - t0:.0f}s", file=stream, flush=True)
+
+
+def train_one(task, spec: MixerSpec, preset: EvalPreset, train_lengths: tuple[int, int], seed: int,
+              *, stream=None) -> tuple[LinscanForCausalLM, dict]:
+    """Train one model; returns it (in eval mode) and {final_loss, final_train_acc, seconds, losses}.
+
+    final_loss / final_train_acc: means over the last 5% of steps. stream: progress lines, or None.
+    """
+    model = build_model(spec, preset, task.vocab_size, seed)
+    optimizer = make_optimizer(model, lr=preset.lr, weight_decay=preset.weight_decay)
+    scheduler = make_scheduler(optimizer, warmup=min(preset.warmup, preset.steps), total=preset.steps)
+    losses, accs, t0 = [], [], time.perf_counter()
+    model.train()
+    for step in range(preset.steps):
+        input_ids, labels = task.sample(preset.batch_size, lengths=train_lengths, seed=train_seed(seed, step))
+        mask = labels != -100                                    # (B, T)
+        logits = scored_logits(model, input_ids, mask)           # (n_scored, vocab)
+        target = labels[mask]
+        loss = F.cross_entropy(logits.float(), target)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), preset.clip)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+        accs.append((logits.argmax(-1) == target).float().mean().item())
+        if not math.isfinite(losses[-1]):
+            raise FloatingPointError(f"{spec.name} seed {seed}: loss is {losses[-1]} at step {step + 1}")
+        _progress(f"{spec.name} seed {seed}", step, preset.steps, losses[-1], accs[-1], t0, stream)
+    tail = max(1, preset.steps // 20)                             # the last 5% of steps: less noisy
+    summary = {"final_loss": sum(losses[-tail:]) / tail, "final_train_acc": sum(accs[-tail:]) / tail,
+               "seconds": time.perf_counter() - t0, "losses": losses}
+    return model.eval(), summary
+
+
+@torch.no_grad()
+def evaluate(model: LinscanForCausalLM, task, bucket_list: list[tuple[int, int]], n: int) -> list[dict]:
+    """Per bucket (lo, hi): {lengths, acc (scored positions), seq_acc (all scored right), n}."""
+    results = []
+    for i, lengths in enumerate(bucket_list):
+        input_ids, labels = task.sample(n, lengths=tuple(lengths), seed=EVAL_SEED + i)
+        rows = max(1, EVAL_TOKENS // input_ids.shape[1])
+        correct = scored = 0
+        seq_ok = []
+        for start in range(0, n, rows):
+            x, y = input_ids[start:start + rows], labels[start:start + rows]
+            mask = y != -100                                     # (b, T)
+            hit = torch.zeros_like(mask)
+            hit[mask] = scored_logits(model, x, mask).argmax(-1) == y[mask]
+            correct += int(hit.sum())
+            scored += int(mask.sum())
+            seq_ok.append((hit | ~mask).all(dim=1))
+        results.append({"lengths": list(lengths), "acc": correct / max(1, scored),
+                        "seq_acc": torch.cat(seq_ok).float().mean().item(), "n": n})
+    return results
+
+
+def _resolve_task(task, task_options: dict | None):
+    if isinstance(task, str):
+        from ..data.tasks import make_task
+        return make_task(task, **(task_options or {}))
+    if task_options:
+        raise ValueError(f"task_options: only with a task name, got a {type(task).__name__} and {task_options}")
+    return task
+
+
+def _lengths(name: str, value, default) -> tuple[int, int]:
+    lo, hi = (default if value is None else value)
+    if not (isinstance(lo, int) and isinstance(hi, int) and 1 <= lo <= hi):
+        raise ValueError(f"{name}: expected a range (lo, hi) with 1 <= lo <= hi, got {value!r}")
+    return lo, hi
+
+
+def _summarise(runs: list[dict]) -> dict:
+    """Mean, min and max over seeds of every bucket's acc and seq_acc."""
+    out = {}
+    for key in ("acc", "seq_acc"):
+        per_bucket = list(zip(*[[b[key] for b in r["buckets"]] for r in runs]))   # (bucket, seed)
+        out[f"{key}_mean"] = [sum(v) / len(v) for v in per_bucket]
+        out[f"{key}_min"] = [min(v) for v in per_bucket]
+        out[f"{key}_max"] = [max(v) for v in per_bucket]
+    return out
+
+
+def run(task, mixers, *, train_lengths=None, test_lengths=None, seeds: int = 1, task_options: dict | None = None,
+        out=None, progress: bool = True, **preset_overrides) -> dict:
+    """Train and evaluate every mixer of ``mixers`` on ``task``; returns the results as plain data.
+
+    task: a task name (``linscan.data.tasks.TASKS``, built with ``task_options``) or a Task object.
+    mixers: names (``linscan.eval.mixers``) or MixerSpecs. train_lengths / test_lengths: (lo, hi)
+    inclusive, default the task's. seeds: runs 0..seeds-1 per mixer. preset_overrides: fields of
+    ``EvalPreset`` (steps, batch_size, lr, d_model, ...; None = the task preset's).
+    out: folder for results.json and accuracy.png (written after every mixer), or None.
+    progress: a line on stderr every ~10% of each training run.
+    Returns {"task", "task_options", "config", "buckets", "mixers": {name: {..., "runs", "summary"}},
+    "wall_seconds"}; every accuracy list follows "buckets" (the training range first).
+    """
+    from .report import write_outputs
+
+    torch.set_num_threads(THREADS)
+    task = _resolve_task(task, task_options)
+    specs = [m if isinstance(m, MixerSpec) else parse_mixer(m) for m in mixers]
+    if not isinstance(seeds, int) or seeds < 1:
+        raise ValueError(f"seeds: expected a positive integer, got {seeds!r}")
+    preset = get_preset(task.name, **preset_overrides)
+    train_range = _lengths("train_lengths", train_lengths, task.train_lengths)
+    test_range = _lengths("test_lengths", test_lengths, task.test_lengths)
+    bucket_list = buckets(train_range, test_range, preset.n_buckets)
+    results = {"task": task.name, "task_options": dict(task_options or {}),
+               "config": {**dataclasses.asdict(preset), "train_lengths": list(train_range), "test_lengths": list(test_range),
+                          "seeds": seeds, "threads": THREADS, "vocab_size": task.vocab_size},
+               "buckets": [list(b) for b in bucket_list], "mixers": {}}
+    t0 = time.perf_counter()
+    for spec in specs:
+        runs = []
+        for seed in range(seeds):
+            model, summary = train_one(task, spec, preset, train_range, seed,
+                                       stream=sys.stderr if progress else None)
+            t_eval = time.perf_counter()
+            runs.append({"seed": seed, "steps": preset.steps, "final_loss": summary["final_loss"],
+                         "final_train_acc": summary["final_train_acc"], "train_seconds": summary["seconds"],
+                         "buckets": evaluate(model, task, bucket_list, preset.eval_sequences),
+                         "eval_seconds": time.perf_counter() - t_eval})
+        results["mixers"][spec.name] = {
+            "pattern": spec.pattern, "mixer_options": spec.mixer_options, "n_layers": model.config.n_layers,
+            "parameters": model.num_parameters(), "runs": runs, "summary": _summarise(runs)}
+        results["wall_seconds"] = time.perf_counter() - t0
+        if out is not None:
+            write_outputs(results, out)
+    results["wall_seconds"] = time.perf_counter() - t0
+    if out is not None:
+        write_outputs(results, out)
+    return results
