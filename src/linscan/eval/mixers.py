@@ -26,6 +26,8 @@ NAMES: dict[str, tuple[str, dict]] = {
     "retnet": ("R", {}),
     "hgrn2": ("H", {}),
     "attention": ("A", {}),
+    "pararnn_gru": ("U", {}),          # nonlinear RNNs, trained by Newton iterations
+    "pararnn_lstm": ("C", {}),
 }
 
 _HYBRID = re.compile(r"^\s*([a-z0-9_]+)\s*\+\s*([a-z0-9_]+)\s*(?:(\d+)\s*:\s*(\d+))?\s*$")
