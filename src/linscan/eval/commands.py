@@ -36,17 +36,8 @@ def task_option(text: str) -> tuple[str, object]:
     return key.strip(), value
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
 def eval_args(p: argparse.ArgumentParser) -> None:
+    from ..cli import _positive
     from .mixers import NAMES
 
     p.epilog = (f"Mixers: {', '.join(NAMES)}, or hybrids 'first+second R:S' (e.g. 'gated_deltanet+attention 3:1' "
