@@ -24,7 +24,7 @@ import triton.language as tl
 
 from ..shared.triton import chunk_bounds
 from .triton_parts import (chunk_transition, dot_left, dot_right, load_rows, load_token_scalars, log_weights,
-                           state_offsets, store_rows, store_token_scalars, token_max_state, write_log_weights)
+                           state_offsets, state_program, store_rows, store_token_scalars, token_max_state, write_log_weights)
 
 
 @triton.jit
@@ -33,14 +33,7 @@ def state_fwd_kernel(k_ptr, v_ptr, b_ptr, lf_ptr, li_ptr, c0_ptr, n0_ptr, m0_ptr
                      H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
                      BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
                      STABILISE: tl.constexpr, SPLIT: tl.constexpr, PRECISION: tl.constexpr):
-    i_nh, i_kv = tl.program_id(0), tl.program_id(1)
-    i_k, i_v = i_kv // tl.cdiv(V, BV), i_kv % tl.cdiv(V, BV)
-    n, h = i_nh // H, i_nh % H
-    bos, eos = tl.load(cu_ptr + n).to(tl.int32), tl.load(cu_ptr + n + 1).to(tl.int32)
-    first = tl.load(offsets_ptr + n).to(tl.int32)
-    count = tl.load(offsets_ptr + n + 1).to(tl.int32) - first
-    o_k, o_v = i_k * BK + tl.arange(0, BK), i_v * BV + tl.arange(0, BV)
-    offs, mask = state_offsets(i_nh, K, V, o_k, o_v)
+    i_nh, i_kv, i_v, h, bos, eos, first, count, o_k, o_v, offs, mask = state_program(cu_ptr, offsets_ptr, H, K, V, BK, BV)
     mem = tl.load(c0_ptr + offs, mask=mask, other=0.0)                        # (BK, BV)
     norm = tl.load(n0_ptr + i_nh * K + o_k, mask=o_k < K, other=0.0)          # (BK,)
     m = tl.load(m0_ptr + i_nh)

@@ -52,6 +52,24 @@ def state_offsets(idx, K: tl.constexpr, V: tl.constexpr, o_k, o_v):
 
 
 @triton.jit
+def state_program(cu_ptr, offsets_ptr, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+                  BK: tl.constexpr, BV: tl.constexpr):
+    """The (sequence, head, K tile, V tile) of a state-pass program (grid: N*H, K tiles x V tiles).
+
+    Returns ``(i_nh, i_kv, i_v, h, bos, eos, first, count, o_k, o_v, offs, mask)``: tokens [bos, eos) of the
+    sequence, its chunks first .. first + count - 1, the tile's rows/columns and state offsets."""
+    i_nh, i_kv = tl.program_id(0), tl.program_id(1)
+    i_k, i_v = i_kv // tl.cdiv(V, BV), i_kv % tl.cdiv(V, BV)
+    n, h = i_nh // H, i_nh % H
+    bos, eos = tl.load(cu_ptr + n).to(tl.int32), tl.load(cu_ptr + n + 1).to(tl.int32)
+    first = tl.load(offsets_ptr + n).to(tl.int32)
+    count = tl.load(offsets_ptr + n + 1).to(tl.int32) - first
+    o_k, o_v = i_k * BK + tl.arange(0, BK), i_v * BV + tl.arange(0, BV)
+    offs, mask = state_offsets(i_nh, K, V, o_k, o_v)
+    return i_nh, i_kv, i_v, h, bos, eos, first, count, o_k, o_v, offs, mask
+
+
+@triton.jit
 def dot_left(a, b, SPLIT: tl.constexpr, PRECISION: tl.constexpr):
     """a @ b for float32 ``a`` and ``b`` in the operand dtype (bf16/fp16/fp32).
 
