@@ -18,7 +18,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .triton_fwd import (chunk_gates, chunk_tokens, load_vector, load_tile, read_scores, row_decay,
+from .triton_fwd import (chunk_gates, chunk_tokens, load_vector, load_tile, read_chunk, read_scores, row_decay,
                          state_offsets, store_tile)
 
 
@@ -28,14 +28,8 @@ def _dv_local_kernel(q_ptr, k_ptr, g_ptr, do_ptr, dvnew_ptr, cu_ptr, index_ptr, 
                      BK: tl.constexpr, BV: tl.constexpr, HAS_G: tl.constexpr, DOT: tl.constexpr):
     """Step 4'a for one V tile, chunk and head: dV_new = P^T dO (kept out of the sequential pass,
     whose shared memory it would otherwise double)."""
-    vt, pid, h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    v0 = vt * BV
-    t0, n_tok = chunk_tokens(cu_ptr, index_ptr, pid, C)
-    row0, n_rows = t0 * R, n_tok * R
-    b, b_tok, _ = chunk_gates(g_ptr, t0, n_tok, H, h, R, BL, BC, HAS_G)
-    q = load_tile(q_ptr, t0, n_tok, H, h, K, 0, BC, BK) * scale
-    k = load_tile(k_ptr, row0, n_rows, H, h, K, 0, BL, BK)
-    p, _ = read_scores(q, k, b, b_tok, R, BL, BC, DOT)
+    pid, h, v0, t0, n_tok, row0, n_rows, q, b_tok, p = read_chunk(q_ptr, k_ptr, g_ptr, cu_ptr, index_ptr, scale,
+                                                                 H, K, C, R, BL, BC, BK, BV, HAS_G, DOT)
     d_o = load_tile(do_ptr, t0, n_tok, H, h, V, v0, BC, BV)
     d_v_new = tl.dot(tl.trans(p), d_o, input_precision=DOT)
     store_tile(dvnew_ptr, d_v_new, row0, n_rows, H, h, V, v0, BL, BV)

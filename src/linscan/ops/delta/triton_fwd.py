@@ -191,10 +191,11 @@ def _state_kernel(k_ptr, g_ptr, w_ptr, u_ptr, h0_ptr, h_ptr, vnew_ptr, ht_ptr, c
 
 
 @triton.jit
-def _output_kernel(q_ptr, k_ptr, g_ptr, h_ptr, vnew_ptr, o_ptr, cu_ptr, index_ptr, scale,
-                   H, K, V, C: tl.constexpr, R: tl.constexpr, BL: tl.constexpr, BC: tl.constexpr,
-                   BK: tl.constexpr, BV: tl.constexpr, HAS_G: tl.constexpr, DOT: tl.constexpr):
-    """Step 4 for one V tile, chunk and head: O = (Q e^{b_tok}) S + P V_new, stored in o's dtype."""
+def read_chunk(q_ptr, k_ptr, g_ptr, cu_ptr, index_ptr, scale, H, K, C: tl.constexpr, R: tl.constexpr,
+               BL: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, HAS_G: tl.constexpr,
+               DOT: tl.constexpr):
+    """The program's chunk (grid: V tiles, chunks, heads) and its read-side scores: returns
+    ``(pid, h, v0, t0, n_tok, row0, n_rows, q * scale, b_tok, P)`` (P as in ``read_scores``)."""
     vt, pid, h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     v0 = vt * BV
     t0, n_tok = chunk_tokens(cu_ptr, index_ptr, pid, C)
@@ -203,6 +204,16 @@ def _output_kernel(q_ptr, k_ptr, g_ptr, h_ptr, vnew_ptr, o_ptr, cu_ptr, index_pt
     q = load_tile(q_ptr, t0, n_tok, H, h, K, 0, BC, BK) * scale
     k = load_tile(k_ptr, row0, n_rows, H, h, K, 0, BL, BK)
     p, _ = read_scores(q, k, b, b_tok, R, BL, BC, DOT)
+    return pid, h, v0, t0, n_tok, row0, n_rows, q, b_tok, p
+
+
+@triton.jit
+def _output_kernel(q_ptr, k_ptr, g_ptr, h_ptr, vnew_ptr, o_ptr, cu_ptr, index_ptr, scale,
+                   H, K, V, C: tl.constexpr, R: tl.constexpr, BL: tl.constexpr, BC: tl.constexpr,
+                   BK: tl.constexpr, BV: tl.constexpr, HAS_G: tl.constexpr, DOT: tl.constexpr):
+    """Step 4 for one V tile, chunk and head: O = (Q e^{b_tok}) S + P V_new, stored in o's dtype."""
+    pid, h, v0, t0, n_tok, row0, n_rows, q, b_tok, p = read_chunk(q_ptr, k_ptr, g_ptr, cu_ptr, index_ptr, scale,
+                                                                 H, K, C, R, BL, BC, BK, BV, HAS_G, DOT)
     offs, mask = state_offsets(pid, H, h, K, V, v0, BK, BV)
     S = tl.load(h_ptr + offs, mask=mask, other=0.0)
     v_new = load_tile(vnew_ptr, row0, n_rows, H, h, V, v0, BL, BV)
