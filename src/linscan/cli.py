@@ -3,7 +3,7 @@
     linscan info                       versions, devices, registered backends
     linscan train [options]            train a model (linscan.train)
     linscan generate --ckpt DIR        sample from a trained model with the recurrent cache
-    linscan eval TASK --mixers LIST    length generalisation on a synthetic task (linscan.eval)
+    linscan eval TASK [--mixers LIST]  length generalisation on a synthetic task (linscan.eval)
     linscan bench ops [options]        the op benchmark (linscan.bench.ops)
     linscan bench model [options]      decode time vs context, training throughput (linscan.bench.models)
 

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from linscan.cli import main
-from linscan.eval import (NAMES, buckets, evaluate, format_table, get_preset, parse_mixer, parse_mixers, run,
+from linscan.eval import (NAMES, PRESETS, buckets, evaluate, format_table, get_preset, parse_mixer, parse_mixers, run,
                           scored_logits)
 from linscan.eval.runner import build_model
 from linscan.models import LinscanConfig
@@ -110,6 +110,9 @@ class CopyCurrent(nn.Module):
         self.head = nn.Linear(vocab, vocab, bias=False)
         self.head.weight.data = torch.eye(vocab)
 
+    def embed_tokens(self, ids):
+        return self.embed(ids)
+
     def forward(self, ids):
         raise AssertionError("evaluate must go through scored_logits")
 
@@ -185,3 +188,30 @@ def test_cli_errors(argv, code, message, capsys):
         rc = e.code
     err = capsys.readouterr().err
     assert rc == code and message in err and err.count("\n") == 1, err
+
+
+def test_presets_supply_mixers_lengths_and_task_options(tmp_path, capsys):
+    # `linscan eval TASK` with no options runs the preset's comparison on the preset's lengths and task
+    tiny = dict(steps=2, batch_size=4, eval_sequences=4, d_model=16, n_layers=1)
+    rc = main(["eval", "s3", "--steps", "2", "--batch-size", "4", "--eval-sequences", "4", "--d-model", "16",
+               "--out", str(tmp_path)])
+    assert rc == 0, capsys.readouterr().err
+    saved = json.loads((tmp_path / "results.json").read_text())
+    preset = get_preset("s3")
+    assert list(saved["mixers"]) == list(preset.mixers)
+    assert saved["config"]["train_lengths"] == list(preset.train_lengths)
+    assert saved["buckets"][-1][1] == preset.test_lengths[1]
+    results = run("mqar", ["attention"], progress=False, **tiny)
+    assert results["config"]["vocab_size"] == get_preset("mqar").task_options["vocab_size"]
+    assert results["task_options"]["num_pairs"] == 4
+    results = run("mqar", ["attention"], task_options={"num_pairs": 8}, train_lengths=(32, 40),
+                  test_lengths=(40, 48), progress=False, **tiny)
+    assert results["task_options"] == {"vocab_size": 64, "num_pairs": 8}     # the caller's win, the rest kept
+    assert results["config"]["train_lengths"] == [32, 40]
+
+
+def test_every_preset_names_a_comparison_of_known_mixers():
+    for name, preset in PRESETS.items():
+        assert len(preset.mixers) >= 2, name
+        for mixer in preset.mixers:
+            parse_mixer(mixer)

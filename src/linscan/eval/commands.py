@@ -1,4 +1,4 @@
-"""``linscan eval TASK --mixers LIST``: argument parsing, the printed tables and one-line errors."""
+"""``linscan eval TASK [--mixers LIST]``: argument parsing, the printed tables and one-line errors."""
 
 from __future__ import annotations
 
@@ -44,11 +44,12 @@ def eval_args(p: argparse.ArgumentParser) -> None:
                 "= pattern DDDA). Defaults for model size, steps, batch size and lr: the task's preset "
                 "(linscan.eval.presets).")
     p.add_argument("task", help="parity, arith, arith_brackets, s3, a5, s5 or mqar")
-    p.add_argument("--mixers", required=True, help="comma-separated mixer names")
+    p.add_argument("--mixers", default=None,
+                   help="comma-separated mixer names (default: the task preset's comparison)")
     p.add_argument("--train-len", type=length_range, default=None, metavar="A..B",
-                   help="training lengths (default: the task's)")
+                   help="training lengths (default: the task preset's)")
     p.add_argument("--test-len", type=length_range, default=None, metavar="C..D",
-                   help="test lengths, split into buckets (default: the task's)")
+                   help="test lengths, split into buckets (default: the task preset's)")
     p.add_argument("--steps", type=_positive, default=None)
     p.add_argument("--seeds", type=_positive, default=1, help="runs per mixer (seeds 0..S-1, default 1)")
     p.add_argument("--batch-size", type=_positive, default=None)
@@ -67,7 +68,7 @@ def run_eval(args) -> int:
     from .runner import run
 
     try:
-        specs = parse_mixers(args.mixers)
+        specs = None if args.mixers is None else parse_mixers(args.mixers)
         results = run(args.task, specs, train_lengths=args.train_len, test_lengths=args.test_len, seeds=args.seeds,
                       out=args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                       n_layers=args.layers, d_model=args.d_model, eval_sequences=args.eval_sequences,

@@ -52,7 +52,7 @@ def scored_logits(model: LinscanForCausalLM, input_ids: torch.Tensor, mask: torc
     input_ids, mask: [B, T]. The head is most of the work when the vocabulary is
     large (MQAR: 8192) and few positions are scored; the stack is the model's own.
     """
-    x = model.embed(input_ids)                                   # (B, T, D)
+    x = model.embed_tokens(input_ids)                            # (B, T, D)
     for block in model.blocks:
         x, _ = block(x)
     return model.head(model.norm(x[mask]))                       # (n_scored, vocab)
@@ -147,13 +147,14 @@ def _summarise(runs: list[dict]) -> dict:
     return out
 
 
-def run(task, mixers, *, train_lengths=None, test_lengths=None, seeds: int = 1, task_options: dict | None = None,
+def run(task, mixers=None, *, train_lengths=None, test_lengths=None, seeds: int = 1, task_options: dict | None = None,
         out=None, progress: bool = True, **preset_overrides) -> dict:
     """Train and evaluate every mixer of ``mixers`` on ``task``; returns the results as plain data.
 
     task: a task name (``linscan.data.tasks.TASKS``, built with ``task_options``) or a Task object.
-    mixers: names (``linscan.eval.mixers``) or MixerSpecs. train_lengths / test_lengths: (lo, hi)
-    inclusive, default the task's. seeds: runs 0..seeds-1 per mixer. preset_overrides: fields of
+    mixers: names (``linscan.eval.mixers``) or MixerSpecs; None: the preset's comparison.
+    train_lengths / test_lengths: (lo, hi) inclusive, default the preset's, else the task's.
+    task_options: on top of the preset's. seeds: runs 0..seeds-1 per mixer. preset_overrides: fields of
     ``EvalPreset`` (steps, batch_size, lr, d_model, ...; None = the task preset's).
     out: folder for results.json and accuracy.png (written after every mixer), or None.
     progress: a line on stderr every ~10% of each training run.
@@ -163,15 +164,21 @@ def run(task, mixers, *, train_lengths=None, test_lengths=None, seeds: int = 1, 
     from .report import write_outputs
 
     torch.set_num_threads(THREADS)
+    preset = get_preset(task if isinstance(task, str) else task.name, **preset_overrides)
+    if isinstance(task, str):
+        task_options = {**preset.task_options, **(task_options or {})}
     task = _resolve_task(task, task_options)
+    if mixers is None:
+        mixers = preset.mixers
+    if not mixers:
+        raise ValueError(f"mixers: expected at least one mixer name (the {task.name!r} preset names none)")
     specs = [m if isinstance(m, MixerSpec) else parse_mixer(m) for m in mixers]
     if not isinstance(seeds, int) or seeds < 1:
         raise ValueError(f"seeds: expected a positive integer, got {seeds!r}")
-    preset = get_preset(task.name, **preset_overrides)
-    train_range = _lengths("train_lengths", train_lengths, task.train_lengths)
-    test_range = _lengths("test_lengths", test_lengths, task.test_lengths)
+    train_range = _lengths("train_lengths", train_lengths, preset.train_lengths or task.train_lengths)
+    test_range = _lengths("test_lengths", test_lengths, preset.test_lengths or task.test_lengths)
     bucket_list = buckets(train_range, test_range, preset.n_buckets)
-    results = {"task": task.name, "task_options": dict(task_options or {}),
+    results = {"task": task.name, "task_options": dict(task_options or {}),  # as used (with the preset's)
                "config": {**dataclasses.asdict(preset), "train_lengths": list(train_range), "test_lengths": list(test_range),
                           "seeds": seeds, "threads": THREADS, "vocab_size": task.vocab_size},
                "buckets": [list(b) for b in bucket_list], "mixers": {}}

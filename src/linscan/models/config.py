@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,6 +42,12 @@ class LinscanConfig:
     pattern: mixer letters repeated over the depth (see ``LETTERS``).
     n_heads / head_dim: heads of every mixer (head_dim default d_model // n_heads).
     mlp_ratio: SwiGLU hidden size / d_model (0 disables the MLP).
+    tie_embeddings: the head shares the embedding table.
+    init_std: RMS of the input embeddings at initialisation, as the first block reads them
+    (1: the token dominates the residual stream at the start; see ``linscan.nn.init``).
+    embed_scale: multiplier on the looked-up embeddings; None resolves to ``sqrt(d_model)``
+    when tied (the table is N(0, 1/d_model): unit-variance logits from the tied head, unit-RMS
+    inputs), else 1. The table is drawn from ``N(0, (init_std / embed_scale)^2)``.
     mixer_options: extra keyword options per mixer name, e.g.
     ``{"attention": {"window": 256}, "gated_deltanet": {"allow_neg_eigval": True}}``.
     """
@@ -54,10 +61,13 @@ class LinscanConfig:
     mlp_ratio: float = 4.0
     norm_eps: float = 1e-6
     tie_embeddings: bool = True
-    init_std: float = 0.02
+    init_std: float = 1.0
+    embed_scale: float | None = None
     mixer_options: dict[str, dict] = field(default_factory=dict)
 
     def __post_init__(self):
+        if self.embed_scale is None:
+            self.embed_scale = math.sqrt(self.d_model) if self.tie_embeddings else 1.0
         self.validate()
 
     def validate(self) -> None:
@@ -75,6 +85,10 @@ class LinscanConfig:
             raise ValueError(f"head_dim: expected None or a positive int, got {self.head_dim!r}")
         if self.head_dim is None and self.d_model % self.n_heads:
             raise ValueError(f"n_heads: expected a divisor of d_model = {self.d_model}, got {self.n_heads}")
+        for name in ("init_std", "embed_scale"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+                raise ValueError(f"{name}: expected a positive number, got {value!r}")
         if self.mlp_ratio < 0:
             raise ValueError(f"mlp_ratio: expected >= 0, got {self.mlp_ratio}")
         unknown = sorted(set(self.mixer_options) - set(LETTERS.values()))
@@ -101,6 +115,8 @@ class LinscanConfig:
         extra = sorted(set(d) - known)
         if extra:
             raise ValueError(f"config: unknown field(s) {extra}")
+        if "embed_scale" not in d:          # saved before 2026-12-03: embeddings were not scaled
+            d = {**d, "embed_scale": 1.0}
         return cls(**d)
 
     def save(self, path: str | Path) -> None:

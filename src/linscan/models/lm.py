@@ -1,4 +1,4 @@
-"""The decoder language model: embeddings, a stack of (mixer, SwiGLU) blocks, tied head.
+"""The decoder language model: embeddings, a stack of (mixer, SwiGLU) blocks, a (tied) head.
 
 Every block is pre-norm: x = x + mixer(norm(x)); x = x + mlp(norm(x)). The
 mixer of layer i is the config pattern's letter i (repeated), so hybrids such
@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..nn import RMSNorm, SwiGLU
+from ..nn import RMSNorm, SwiGLU, init_weights
 from ..nn.mixers import MIXERS
 from .config import LinscanConfig
 
@@ -67,20 +67,27 @@ class LinscanForCausalLM(nn.Module):
         self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layers))
         self.norm = RMSNorm(config.d_model, eps=config.norm_eps)
         self.head = nn.Linear(config.d_model, config.vocab_size, bias=False)
-        self.apply(self._init_weights)
-        if config.tie_embeddings:
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Initialise as ``linscan.nn.init`` says: every Linear (head included) N(0, 1/fan_in),
+        residual writes / sqrt(2 L), mixers' paper-specific gates kept; the embedding table
+        N(0, (init_std / embed_scale)^2), so the first block reads inputs of RMS ``init_std``."""
+        init_weights(self, n_layers=self.config.n_layers)
+        nn.init.normal_(self.embed.weight, std=self.config.init_std / self.config.embed_scale)
+        if self.config.tie_embeddings:
             self.head.weight = self.embed.weight
 
-    def _init_weights(self, module):
-        # only generic layers here: mixers initialise their own gates as their papers say
-        if isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, std=self.config.init_std)
+    def embed_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """input_ids [B, T] -> the first block's input [B, T, d_model] (table row * embed_scale)."""
+        x = self.embed(input_ids)
+        return x if self.config.embed_scale == 1 else x * self.config.embed_scale
 
     def forward(self, input_ids, state=None, cu_seqlens=None, labels=None) -> CausalLMOutput:
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids: expected shape [B, T], got {list(input_ids.shape)}")
         state = state if state is not None else [None] * len(self.blocks)
-        x = self.embed(input_ids)                                     # (B, T, D)
+        x = self.embed_tokens(input_ids)                              # (B, T, D)
         new_state = []
         for block, layer_state in zip(self.blocks, state):
             x, layer_state = block(x, layer_state, cu_seqlens)

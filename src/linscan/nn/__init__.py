@@ -5,9 +5,10 @@ Mixers are looked up by name in :data:`linscan.nn.mixers.MIXERS`; every one maps
 """
 
 from .conv import ShortConv
+from .init import init_weights, keep_init
 from .mixers import MIXERS
 from .mlp import SwiGLU
 from .norms import GatedRMSNorm, RMSNorm
 from .rotary import RotaryEmbedding, token_positions
 
-__all__ = ["MIXERS", "GatedRMSNorm", "RMSNorm", "RotaryEmbedding", "ShortConv", "SwiGLU", "token_positions"]
+__all__ = ["MIXERS", "GatedRMSNorm", "init_weights", "keep_init", "RMSNorm", "RotaryEmbedding", "ShortConv", "SwiGLU", "token_positions"]

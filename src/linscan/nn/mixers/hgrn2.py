@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...ops import decay_scan
+from ..init import keep_init
 from ..norms import GatedRMSNorm
 
 
@@ -49,6 +50,7 @@ class HGRN2(nn.Module):
         with torch.no_grad():
             one_minus_f = torch.exp(torch.empty(H * K).uniform_(math.log(1e-3), math.log(0.1)))
             self.f_proj.bias.copy_(torch.log1p(-one_minus_f) - torch.log(one_minus_f))  # logit(f)
+        keep_init(self.f_proj.bias)
 
     def forward(self, x: torch.Tensor, state: dict | None = None, cu_seqlens: torch.Tensor | None = None):
         """x ``[B, T, d_model]`` -> ``(y [B, T, d_model], new_state)``; see the class docstring."""

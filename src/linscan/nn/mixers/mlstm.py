@@ -7,6 +7,7 @@ from torch import nn
 
 from ...ops import mlstm_scan
 from ..conv import ShortConv
+from ..init import keep_init
 from ..norms import GatedRMSNorm
 
 
@@ -57,6 +58,7 @@ class MLSTM(nn.Module):
             nn.init.normal_(self.i_proj.bias, std=0.1)
             nn.init.zeros_(self.f_proj.weight)
             self.f_proj.bias.copy_(torch.linspace(3.0, 6.0, H))
+        keep_init(self.i_proj, self.f_proj)
 
     def forward(self, x: torch.Tensor, state: dict | None = None, cu_seqlens: torch.Tensor | None = None):
         """x ``[B, T, d_model]`` -> ``(y [B, T, d_model], new_state)``; see the class docstring."""

@@ -12,6 +12,7 @@ from torch import nn
 
 from ...ops.varlen import bounds
 from ...pararnn import ALRNN, ParaGRU, ParaLSTMCIFG, newton_rnn
+from ..init import keep_init
 
 
 class _NewtonMixer(nn.Module):
@@ -34,6 +35,7 @@ class _NewtonMixer(nn.Module):
             raise ValueError(f"newton_tol: expected None or > 0, got {newton_tol}")
         self.cell, self.newton_iters, self.newton_tol = cell, newton_iters, newton_tol
         self.o_proj = nn.Linear(out_size, d_model, bias=False)
+        keep_init(cell)  # the cell's own init keeps Newton's iterations converging
 
     def readout(self, h: torch.Tensor) -> torch.Tensor:
         return h
