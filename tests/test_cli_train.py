@@ -32,13 +32,19 @@ def test_train_then_generate(tmp_path, text_file, capsys):
     (["train", "--preset", "huge"], "preset: expected one of ['125m', '350m', 'small', 'tiny'], got 'huge'"),
     (["train", "--pattern", "DQ"], "pattern: unknown mixer letter(s) ['Q']"),
     (["train", "--data", "/no/such/path"], "--data: no such file or folder: /no/such/path"),
-    (["train", "--steps", "0"], "--steps: expected a positive integer, got 0"),
-    (["generate", "--ckpt", "/no/such/run"], "checkpoint: no model.safetensors and config.json under /no/such/run"),
+    (["generate", "--ckpt", "/no/such/run"], "--ckpt: no model.safetensors and config.json under /no/such/run"),
 ])
 def test_one_line_errors(argv, message, capsys):
     assert main(argv) == 1
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_out_of_range_numbers_are_usage_errors(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["train", "--steps", "0"])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and err == "linscan train: error: argument --steps: expected a positive integer, got '0'\n"
 
 
 def test_console_script_error_exit_code():

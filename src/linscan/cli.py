@@ -17,9 +17,11 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import json
+import math
 import os
 import platform
 import sys
+from pathlib import Path
 
 PEERS = ("fla-core", "mlstm_kernels")
 
@@ -93,6 +95,126 @@ def _info(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- argument values
+# argparse ``type=`` functions: a malformed or out-of-range value is a one-line usage error
+# (exit status 2) naming the option, e.g. "argument --steps: expected a positive integer, got '0'".
+
+def _int_at_least(text: str, lo: int, expected: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = lo - 1
+    if value < lo:
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """``"3"`` -> 3; 0, negatives and non-integers are refused."""
+    return _int_at_least(text, 1, "a positive integer")
+
+
+def non_negative_int(text: str) -> int:
+    """``"0"`` -> 0; negatives and non-integers are refused."""
+    return _int_at_least(text, 0, "an integer >= 0")
+
+
+def seed(text: str) -> int:
+    """A random seed in [0, 2**32)."""
+    value = _int_at_least(text, 0, "a seed in [0, 2**32)")
+    if value >= 2**32:
+        raise argparse.ArgumentTypeError(f"expected a seed in [0, 2**32), got {text!r}")
+    return value
+
+
+def _float_in(text: str, ok, expected: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not ok(value):                      # NaN fails every comparison, so every range refuses it
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """A finite number > 0 (a learning rate)."""
+    return _float_in(text, lambda x: 0 < x < math.inf, "a finite number > 0")
+
+
+def non_negative_float(text: str) -> float:
+    """A finite number >= 0 (weight decay, temperature)."""
+    return _float_in(text, lambda x: 0 <= x < math.inf, "a finite number >= 0")
+
+
+def probability(text: str) -> float:
+    """A number in (0, 1] (nucleus sampling's top-p)."""
+    return _float_in(text, lambda x: 0 < x <= 1, "a number in (0, 1]")
+
+
+def int_list(text: str) -> list[int]:
+    """``"64,128"`` -> [64, 128]: comma-separated positive integers."""
+    try:
+        values = [int(t) for t in text.split(",")]
+    except ValueError:
+        values = []
+    if not values or any(t < 1 for t in values):
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}")
+    return values
+
+
+# ---------------------------------------------------------------- checks before any work
+# Values that are well formed but do not fit this machine or the file system: exit status 1.
+
+def option_error(error: Exception, options: dict[str, str]) -> CliError:
+    """``error`` as a CliError, its leading API name swapped for the CLI's (``"lr: ..."`` -> ``"--lr: ..."``)."""
+    name, sep, rest = str(error).partition(": ")
+    return CliError(f"{options[name]}: {rest}" if sep and name in options else str(error))
+
+
+def check_device(name: str, option: str = "--device") -> None:
+    """``name`` is auto, cpu, cuda or cuda:N, and a CUDA device it names exists."""
+    import torch
+
+    if name == "auto":
+        return
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise CliError(f"{option}: expected auto, cpu, cuda or cuda:N, got {name!r}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CliError(f"{option} {name}: no CUDA device is available")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise CliError(f"{option}: expected a CUDA index below {torch.cuda.device_count()}, got {name!r}")
+
+
+def check_out_dir(path: str, option: str = "--out") -> None:
+    """``path`` is a folder, or one that can be created: not a file, not under a file, writable."""
+    target = Path(os.path.abspath(path))
+    existing = next(p for p in (target, *target.parents) if p.exists())
+    if existing == target and not target.is_dir():
+        raise CliError(f"{option}: expected a folder, got the file {path!r}")
+    if not existing.is_dir():
+        raise CliError(f"{option}: expected a folder, got {path!r} under the file {str(existing)!r}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise CliError(f"{option}: expected a writable folder, got {path!r} ({str(existing)!r} is read-only)")
+
+
+def check_out_file(path: str | None, option: str = "--out") -> None:
+    """``path`` (None: nothing to write) can be written: its folder exists and is writable, it is no folder."""
+    if path is None:
+        return
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise CliError(f"{option}: directory of {path!r} does not exist")
+    if os.path.isdir(path):
+        raise CliError(f"{option}: expected a file path, got the folder {path!r}")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise CliError(f"{option}: expected a writable folder, got {path!r} ({folder!r} is read-only)")
+
+
 # ---------------------------------------------------------------- bench
 
 def _families(text: str) -> list[str]:
@@ -106,26 +228,6 @@ def _families(text: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def _t_list(text: str) -> list[int]:
-    try:
-        values = [int(t) for t in text.split(",")]
-    except ValueError:
-        values = []
-    if not values or any(t < 1 for t in values):
-        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}")
-    return values
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
 def _bench_ops_args(p: argparse.ArgumentParser) -> None:
     from linscan.bench.ops import CPU, CUDA, FAMILIES, NAIVE_MAX_T
 
@@ -134,11 +236,11 @@ def _bench_ops_args(p: argparse.ArgumentParser) -> None:
                 "spinning), which keeps 2-thread timings sane on a shared machine.")
     p.add_argument("--family", type=_families, default=list(FAMILIES),
                    help=f"comma-separated families (default {','.join(FAMILIES)})")
-    p.add_argument("--T", type=_t_list, default=None, metavar="T,...",
+    p.add_argument("--T", type=int_list, default=None, metavar="T,...",
                    help=f"sequence lengths (default {','.join(map(str, CPU.T))} on cpu, "
                         f"{','.join(map(str, CUDA.T))} on cuda with B*T={CUDA.tokens})")
-    p.add_argument("--threads", type=_positive, default=2, help="torch CPU threads (default 2)")
-    p.add_argument("--repeats", type=_positive, default=3, help="timed repeats after warm-up (default 3)")
+    p.add_argument("--threads", type=positive_int, default=2, help="torch CPU threads (default 2)")
+    p.add_argument("--repeats", type=positive_int, default=3, help="timed repeats after warm-up (default 3)")
     p.add_argument("--no-peers", action="store_true", help="skip fla, mlstm_kernels and SDPA")
     p.add_argument("--no-naive", action="store_true", help="skip linscan's token loop")
     p.add_argument("--out", metavar="PATH.json", help="also write the results as JSON")
@@ -147,14 +249,10 @@ def _bench_ops_args(p: argparse.ArgumentParser) -> None:
 
 
 def _bench_ops(args) -> int:
-    import torch
-
     from linscan.bench import ops
 
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise CliError("--device cuda: no CUDA device is available")
-    if args.out and not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
-        raise CliError(f"--out: directory of {args.out!r} does not exist")
+    check_device(args.device)
+    check_out_file(args.out)
     setting = ops.CUDA if args.device == "cuda" else ops.CPU
     report = ops.run(args.family, setting=setting, T=args.T, threads=args.threads, repeats=args.repeats,
                      peers=not args.no_peers, naive=not args.no_naive, env=collect_info())
@@ -171,10 +269,10 @@ def _bench_ops(args) -> int:
 
 def _bench_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--patterns", default="DDDD,DDDA,GGGG,MMMM", help="comma-separated layer patterns")
-    p.add_argument("--contexts", type=_t_list, default=[1024, 16384], metavar="L,...",
+    p.add_argument("--contexts", type=int_list, default=[1024, 16384], metavar="L,...",
                    help="context lengths for the per-token decode time (default 1024,16384)")
     p.add_argument("--preset", default="tiny")
-    p.add_argument("--threads", type=_positive, default=2, help="torch CPU threads (default 2)")
+    p.add_argument("--threads", type=positive_int, default=2, help="torch CPU threads (default 2)")
     p.add_argument("--out", metavar="PATH.json", help="also write the results as JSON")
 
 
@@ -183,40 +281,41 @@ def _bench_model(args) -> int:
     from linscan.models import preset
 
     patterns = [t.strip() for t in args.patterns.split(",") if t.strip()]
+    if not patterns:
+        raise CliError(f"--patterns: expected comma-separated layer patterns such as DDDA,GGGG, got {args.patterns!r}")
     try:
         for pattern in patterns:
             preset(args.preset, pattern=pattern)
     except ValueError as e:
-        raise CliError(str(e)) from e
+        raise option_error(e, {"preset": "--preset", "pattern": "--patterns"}) from e
+    check_out_file(args.out)
     models.run(patterns, args.contexts, preset_name=args.preset, threads=args.threads, out=args.out)
     return 0
 
 
 def _bench_rnn_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cells", default="gru,lstm", help="comma-separated cells from gru, lstm (default gru,lstm)")
-    p.add_argument("--lengths", type=_t_list, default=[1024, 16384], metavar="T,...",
+    p.add_argument("--lengths", type=int_list, default=[1024, 16384], metavar="T,...",
                    help="sequence lengths (default 1024,16384)")
-    p.add_argument("--batch", type=_positive, default=4, help="B (default 4)")
-    p.add_argument("--dim", type=_positive, default=256, help="input and hidden size D (default 256)")
+    p.add_argument("--batch", type=positive_int, default=4, help="B (default 4)")
+    p.add_argument("--dim", type=positive_int, default=256, help="input and hidden size D (default 256)")
     p.add_argument("--compile", action="store_true", help="also time Newton with torch.compile'd cell maps")
-    p.add_argument("--train-steps", type=int, default=150, metavar="N",
+    p.add_argument("--train-steps", type=non_negative_int, default=150, metavar="N",
                    help="steps of the 1-layer ParaGRU LM whose trained cell's convergence is reported (0: skip)")
-    p.add_argument("--threads", type=_positive, default=2, help="torch CPU threads (default 2)")
+    p.add_argument("--threads", type=positive_int, default=2, help="torch CPU threads (default 2)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where to run (default cpu)")
     p.add_argument("--out", metavar="PATH.json", help="also write the results as JSON")
 
 
 def _bench_rnn(args) -> int:
-    import torch
-
     from linscan.bench import rnn
 
     cells = [c.strip() for c in args.cells.split(",") if c.strip()]
     bad = sorted(set(cells) - set(rnn.CELLS))
     if bad or not cells:
         raise CliError(f"--cells: expected names from {sorted(rnn.CELLS)}, got {args.cells!r}")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise CliError("--device cuda: no CUDA device is available")
+    check_device(args.device)
+    check_out_file(args.out)
     rnn.run(cells, args.lengths, args.batch, args.dim, compiled=args.compile, train_steps=args.train_steps,
             threads=args.threads, device=args.device, out=args.out)
     return 0
@@ -227,8 +326,36 @@ def _bench_gpu_args(p: argparse.ArgumentParser) -> None:
     add_arguments(p)
 
 
+def _check_bench_gpu(args) -> None:
+    """What ``linscan.bench.gpu`` would refuse (or fail on after the run), refused before it starts."""
+    import torch
+
+    from linscan.bench.gpu_run import GPU, SMOKE
+    from linscan.bench.gpu_variants import select
+
+    if not args.smoke and not torch.cuda.is_available():
+        raise CliError("--smoke: required here: the full run needs a CUDA device and none is available")
+    if args.lengths is not None:
+        tokens = (SMOKE if args.smoke else GPU).tokens
+        try:
+            lengths = int_list(args.lengths)
+        except argparse.ArgumentTypeError as e:
+            raise CliError(f"--lengths: {e}") from None
+        if max(lengths) > tokens:
+            raise CliError(f"--lengths: expected values in [1, {tokens}], got {args.lengths!r}")
+    try:
+        select(args.only.split(",") if args.only else None)
+    except ValueError as e:
+        raise CliError(str(e)) from None
+    if args.budget_s is not None and not 0 < args.budget_s < math.inf:
+        raise CliError(f"--budget-s: expected a finite number of seconds > 0, got {args.budget_s}")
+    check_out_file(args.out)
+
+
 def _bench_gpu(args) -> int:
     from linscan.bench.gpu import run_args
+
+    _check_bench_gpu(args)
     return run_args(args)
 
 
@@ -328,4 +455,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # ``python -m linscan.cli``: run the package's module, whose CliError the subcommands raise
+    # (this file, run as __main__, is a second module with a second CliError class)
+    from linscan.cli import main as package_main
+
+    sys.exit(package_main())

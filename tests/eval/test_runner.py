@@ -177,7 +177,8 @@ def test_cli_eval_parity(tmp_path, capsys):
 
 @pytest.mark.parametrize("argv, code, message", [
     (["eval", "parity", "--mixers", "deltanet,nope"], 1, "unknown mixer 'nope'"),
-    (["eval", "nosuchtask", "--mixers", "deltanet"], 1, "unknown task 'nosuchtask'"),
+    (["eval", "nosuchtask", "--mixers", "deltanet"], 1, "TASK: expected one of a5, arith, arith_brackets, mqar, "
+                                                       "parity, s3, s5, got 'nosuchtask'"),
     (["eval", "mqar", "--mixers", "gla", "--task-option", "pairs=4"], 1, "unknown option(s) ['pairs']"),
     (["eval", "parity", "--mixers", "gla", "--train-len", "40..3"], 2, "expected a length range LO..HI"),
 ])

@@ -98,6 +98,23 @@ def test_float32_long_sequence_precision(form, strength, record_property):
     record_property("rel_err", errs)
 
 
+@pytest.mark.parametrize("form", ["head", "scalar", "diagonal"])
+@pytest.mark.parametrize("spike", [float("-inf"), -1e8, -1e4, -30.0])
+def test_extreme_log_decay(form, spike):
+    """A full forget (g = -inf) or one very strong decay among ordinary ones: the chunk backend
+    once returned NaN for the first and lost its float32 digits to the second (the cumulative
+    log-decay absorbed the small decays after the spike, and differences of it cancelled).
+    float64: values and gradients equal the naive loop's; float32: within twice its error."""
+    inputs = make_inputs(2, 150, 2, 8, 5, form, strength=0.1, seed=12)
+    if form == "head":
+        inputs["g"][0] = spike                                    # every token of head 0
+    else:
+        inputs["g"][:, 37] = spike                                # one token, mid-chunk
+        inputs["g"][0, 64, 1, ...] = spike                        # the first token of a chunk
+    assert_matches_naive(decay_scan, inputs, chunk_size=32)
+    assert_float32_precision(decay_scan, inputs, f"decay {form} g={spike:g}", chunk_size=32)
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("backend", ["chunk", "naive"])
 def test_low_precision_inputs(dtype, backend):

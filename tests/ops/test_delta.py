@@ -119,6 +119,20 @@ def test_float32_long_sequence_precision(strength, beta_max, record_property):
     record_property("rel_err", errs)
 
 
+@pytest.mark.parametrize("R", [None, 2])
+@pytest.mark.parametrize("spike", [float("-inf"), -1e8, -1e4, -30.0])
+def test_extreme_log_decay(R, spike):
+    """A full forget (g = -inf) or one very strong decay among ordinary ones: the chunk backend
+    once returned NaN for the first and lost its float32 digits to the second (the cumulative
+    log-decay absorbed the small decays after the spike, and differences of it cancelled).
+    float64: values and gradients equal the naive loop's; float32: within twice its error."""
+    inputs = make_inputs(2, 100, 2, 8, 5, R=R, gate=True, beta_max=2.0, strength=0.1, seed=12)
+    inputs["g"][:, 37] = spike                                    # one token, mid-chunk
+    inputs["g"][0, 64 // (R or 1), 1] = spike                     # the first token of a chunk
+    assert_matches_naive(delta_scan, inputs, chunk_size=32 // (R or 1))
+    assert_float32_precision(delta_scan, inputs, f"delta R={R} g={spike:g}", chunk_size=32 // (R or 1))
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("backend", ["chunk", "naive"])
 def test_low_precision_inputs(dtype, backend):

@@ -1,9 +1,20 @@
-"""``linscan eval TASK [--mixers LIST]``: argument parsing, the printed tables and one-line errors."""
+"""``linscan eval TASK [--mixers LIST]``: argument parsing, the printed tables and one-line errors.
+
+Malformed numbers and ranges are usage errors (exit status 2); everything else
+``linscan.eval.run`` checks before its first training step, and its ValueError
+(which names the API argument, e.g. ``train_lengths``) is printed with the
+option's name (``--train-len``), exit status 1.
+"""
 
 from __future__ import annotations
 
 import argparse
-import sys
+
+# linscan.eval.run's argument names -> this command's
+OPTIONS = {"task": "TASK", "mixers": "--mixers", "train_lengths": "--train-len", "test_lengths": "--test-len",
+           "seeds": "--seeds", "task_options": "--task-option", "steps": "--steps", "batch_size": "--batch-size",
+           "lr": "--lr", "n_layers": "--layers", "d_model": "--d-model", "eval_sequences": "--eval-sequences",
+           "out": "--out"}
 
 
 def length_range(text: str) -> tuple[int, int]:
@@ -37,7 +48,7 @@ def task_option(text: str) -> tuple[str, object]:
 
 
 def eval_args(p: argparse.ArgumentParser) -> None:
-    from ..cli import _positive
+    from ..cli import positive_float, positive_int
     from .mixers import NAMES
 
     p.epilog = (f"Mixers: {', '.join(NAMES)}, or hybrids 'first+second R:S' (e.g. 'gated_deltanet+attention 3:1' "
@@ -50,19 +61,20 @@ def eval_args(p: argparse.ArgumentParser) -> None:
                    help="training lengths (default: the task preset's)")
     p.add_argument("--test-len", type=length_range, default=None, metavar="C..D",
                    help="test lengths, split into buckets (default: the task preset's)")
-    p.add_argument("--steps", type=_positive, default=None)
-    p.add_argument("--seeds", type=_positive, default=1, help="runs per mixer (seeds 0..S-1, default 1)")
-    p.add_argument("--batch-size", type=_positive, default=None)
-    p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--layers", type=_positive, default=None, help="depth (default: the task preset's)")
-    p.add_argument("--d-model", type=_positive, default=None, help="width (default: the task preset's)")
-    p.add_argument("--eval-sequences", type=_positive, default=None, help="sequences per length bucket")
+    p.add_argument("--steps", type=positive_int, default=None)
+    p.add_argument("--seeds", type=positive_int, default=1, help="runs per mixer (seeds 0..S-1, default 1)")
+    p.add_argument("--batch-size", type=positive_int, default=None)
+    p.add_argument("--lr", type=positive_float, default=None)
+    p.add_argument("--layers", type=positive_int, default=None, help="depth (default: the task preset's)")
+    p.add_argument("--d-model", type=positive_int, default=None, help="width (default: the task preset's)")
+    p.add_argument("--eval-sequences", type=positive_int, default=None, help="sequences per length bucket")
     p.add_argument("--task-option", type=task_option, action="append", default=[], metavar="KEY=VALUE",
                    help="task constructor option, repeatable (e.g. num_pairs=16)")
     p.add_argument("--out", default=None, metavar="DIR", help="write DIR/results.json and DIR/accuracy.png")
 
 
 def run_eval(args) -> int:
+    from ..cli import option_error
     from .mixers import parse_mixers
     from .report import format_table
     from .runner import run
@@ -74,10 +86,10 @@ def run_eval(args) -> int:
                       n_layers=args.layers, d_model=args.d_model, eval_sequences=args.eval_sequences,
                       task_options=dict(args.task_option))
     except ValueError as e:
-        print(f"linscan: error: {e}", file=sys.stderr)
-        return 1
+        raise option_error(e, OPTIONS) from e
     print(format_table(results, "acc"))
-    if any(r["seq_acc"] != r["acc"] for m in results["mixers"].values() for run_ in m["runs"] for r in run_["buckets"]):
+    finished = [run_ for m in results["mixers"].values() for run_ in m["runs"] if run_["buckets"] is not None]
+    if any(r["seq_acc"] != r["acc"] for run_ in finished for r in run_["buckets"]):
         print()
         print(format_table(results, "seq_acc"))
     print(f"\nwall time {results['wall_seconds']:.0f} s" + (f"; wrote {args.out}/results.json, accuracy.png"

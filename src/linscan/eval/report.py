@@ -14,7 +14,9 @@ def _bucket_label(lengths, train: bool) -> str:
 def format_table(results: dict, key: str = "acc") -> str:
     """Rows mixers, columns length buckets (``*``: the training range); ``key`` "acc" or "seq_acc".
 
-    A cell is the mean over seeds, followed by [min-max] when there are several seeds.
+    A cell is the mean over seeds, followed by [min-max] when there are several seeds. A mixer
+    whose every seed diverged reads "diverged at step N" instead; seeds that diverged are left out
+    of the means and named after the row.
     """
     seeds = results["config"]["seeds"]
     labels = [_bucket_label(b, i == 0) for i, b in enumerate(results["buckets"])]
@@ -26,15 +28,23 @@ def format_table(results: dict, key: str = "acc") -> str:
              f"{'mixer':<{name_width}}  " + " ".join(f"{lab:>{width}}" for lab in labels)
              + f" {'loss':>7} {'train s':>8}"]
     for name, entry in results["mixers"].items():
-        s = entry["summary"]
-        cells = []
-        for mean, lo, hi in zip(s[f"{key}_mean"], s[f"{key}_min"], s[f"{key}_max"]):
-            cells.append(f"{mean:.3f} [{lo:.2f}-{hi:.2f}]" if seeds > 1 else f"{mean:.3f}")
-        loss = sum(r["final_loss"] for r in entry["runs"]) / len(entry["runs"])
-        seconds = sum(r["train_seconds"] for r in entry["runs"]) / len(entry["runs"])
-        lines.append(f"{name:<{name_width}}  " + " ".join(f"{c:>{width}}" for c in cells)
-                     + f" {loss:>7.4f} {seconds:>8.0f}")
+        lines.append(f"{name:<{name_width}}  " + _row(entry, key, seeds, width))
     return "\n".join(lines)
+
+
+def _row(entry: dict, key: str, seeds: int, width: int) -> str:
+    """One mixer's cells, mean loss and training seconds over the seeds that finished."""
+    s, diverged = entry["summary"], entry.get("diverged")
+    if s is None:
+        return diverged
+    cells = []
+    for mean, lo, hi in zip(s[f"{key}_mean"], s[f"{key}_min"], s[f"{key}_max"]):
+        cells.append(f"{mean:.3f} [{lo:.2f}-{hi:.2f}]" if seeds > 1 else f"{mean:.3f}")
+    done = [r for r in entry["runs"] if r.get("diverged_at") is None]
+    loss = sum(r["final_loss"] for r in done) / len(done)
+    seconds = sum(r["train_seconds"] for r in done) / len(done)
+    row = " ".join(f"{c:>{width}}" for c in cells) + f" {loss:>7.4f} {seconds:>8.0f}"
+    return row + (f"  ({diverged})" if diverged else "")
 
 
 def plot_accuracy(results: dict, path: str | Path) -> bool:
@@ -53,6 +63,8 @@ def plot_accuracy(results: dict, path: str | Path) -> bool:
     order = sorted(range(len(mids)), key=mids.__getitem__)
     for name, entry in results["mixers"].items():
         s = entry["summary"]
+        if s is None:                                            # every seed diverged: nothing to draw
+            continue
         xs = [mids[i] for i in order]
         line, = ax.plot(xs, [s["acc_mean"][i] for i in order], "o-", label=name)
         if len(entry["runs"]) > 1:

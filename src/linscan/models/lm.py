@@ -9,6 +9,7 @@ The state of the model is the list of the mixers' states: recurrent states
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
@@ -109,8 +110,16 @@ class LinscanForCausalLM(nn.Module):
         The prompt is read in one chunked forward; each new token is then one
         T == 1 step that carries the mixers' states (constant memory per token for
         linear layers, a growing KV cache for attention layers).
-        temperature 0 means greedy.
+        input_ids: int64 [B, T] with B, T >= 1 (a non-empty prompt). max_new_tokens: >= 0.
+        temperature, top_k, top_p: as in :func:`sample` (temperature 0 means greedy).
+        Raises ValueError naming the argument before any forward pass when one is out of range.
         """
+        if input_ids.dim() != 2 or 0 in input_ids.shape:
+            raise ValueError(f"input_ids: expected a non-empty prompt of shape [B, T] with B, T >= 1, "
+                             f"got shape {list(input_ids.shape)}")
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens: expected an integer >= 0, got {max_new_tokens!r}")
+        _check_sampling(temperature, top_k, top_p)
         out = self(input_ids, state=state)
         tokens, state = [input_ids], out.state
         logits = out.logits[:, -1]
@@ -122,8 +131,27 @@ class LinscanForCausalLM(nn.Module):
         return torch.cat(tokens, dim=1)
 
 
+def _check_sampling(temperature, top_k, top_p) -> None:
+    """ValueError naming the first of temperature, top_k, top_p that :func:`sample` cannot use."""
+    def number(x) -> float:
+        return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else math.nan
+
+    if not 0 <= number(temperature) < math.inf:                  # NaN fails every comparison
+        raise ValueError(f"temperature: expected a finite number >= 0 (0: greedy), got {temperature!r}")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        raise ValueError(f"top_k: expected None or an integer >= 1, got {top_k!r}")
+    if top_p is not None and not 0 < number(top_p) <= 1:
+        raise ValueError(f"top_p: expected None or a number in (0, 1], got {top_p!r}")
+
+
 def sample(logits, *, temperature=1.0, top_k=None, top_p=None, generator=None):
-    """One token per row from ``logits`` [B, vocab] -> [B, 1] (temperature, top-k, nucleus)."""
+    """One token per row from ``logits`` [B, vocab] -> [B, 1] (temperature, top-k, nucleus).
+
+    temperature: finite, >= 0 (0: greedy). top_k: None or >= 1 (more than the vocabulary
+    keeps all). top_p: None or in (0, 1]: keep the smallest set of tokens whose probability
+    reaches it. Out-of-range values raise ValueError naming the argument.
+    """
+    _check_sampling(temperature, top_k, top_p)
     if temperature == 0:
         return logits.argmax(-1, keepdim=True)
     logits = logits.float() / temperature

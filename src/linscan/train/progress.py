@@ -11,6 +11,7 @@ class Progress:
         self.total, self.start, self.enabled, self.stream = total, start, enabled, stream
         self.t0 = time.perf_counter()
         self.tokens = 0
+        self.closed = False
         # a terminal gets one line redrawn in place; a log file a line every ~5% of the steps
         self.tty = hasattr(stream, "isatty") and stream.isatty()
         self.every = max(1, (total - start) // 20)
@@ -33,9 +34,11 @@ class Progress:
         self.stream.flush()
 
     def close(self) -> None:
-        if self.enabled and self.tty:
+        """End the line on a terminal; a second call does nothing (error paths close early)."""
+        if self.enabled and self.tty and not self.closed:
             self.stream.write("\n")
             self.stream.flush()
+        self.closed = True
 
 
 def _fmt(seconds: float) -> str:

@@ -8,9 +8,12 @@ Inside a chunk of C tokens everything is a matrix product; only the
     3. chunk states         S_n = e^{b_C} S_{n-1} + (K e^{b_C - b})^T V
     4. inter-chunk output   O += (Q e^{b}) S_{n-1}
 
-Every exponent is <= 0, so nothing overflows however strong the decay: the
-diagonal-decay scores of step 2 use pairwise differences on 16-token
-sub-blocks and a reference point between the sub-blocks (never a bare e^{-b}).
+Every exponent is <= 0, so nothing overflows however strong the decay, and every
+exponent is a sum of log-decays over the tokens it spans (b_t - b_s = g_{s+1} + ...
++ g_t, ops/segsum.py), never a difference of two cumulative sums: those cancel
+after one strong decay (float32 accuracy lost) or g = -inf (NaN). The
+diagonal-decay scores of step 2 take their segment sums on 16-token sub-blocks and
+meet the earlier sub-blocks through a reference point (never a bare e^{-b}).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from .. import varlen
 from ..dtypes import compute_dtype, upcast
 from ..registry import register
 from ..segments import run_segments, segment_length
+from ..segsum import segment_decay, suffix_sums
 from ..state_scan import chunk_state_scan
 from .step import decay_step, log_decays
 
@@ -67,16 +71,20 @@ def _chunked(q, k, v, g, state, C):
     if g is not None:
         g = _to_chunks(g if diagonal else g[..., None], N, C)      # (B, H, N, C, K | 1)
 
-    # 1. cumulative log-decay inside each chunk; b_last = chunk totals
-    b = None if g is None else g.cumsum(dim=-2)                    # (B, H, N, C, K | 1)
+    # 1. log-decays inside each chunk as sums, never differences of cumulative sums (ops/segsum.py):
+    #    prefixes b_t, suffixes b_C - b_s and, for scalar decay, the segments b_t - b_s
+    #    (diagonal decay: on sub-blocks, in step 2)
+    if g is not None:
+        b = g.cumsum(dim=-2)                                       # (B, H, N, C, K | 1)
+        out_decay = suffix_sums(g, dim=-2).exp()                   # e^{b_C - b}   (B, H, N, C, K | 1)
 
     # 2. intra-chunk scores and outputs
     if g is None:
         scores = (q @ k.transpose(-1, -2)).tril()
     elif diagonal:
-        scores = _diagonal_scores(q, k, b, _sub_block(C))
+        scores = _diagonal_scores(q, k, g, _sub_block(C))
     else:
-        scores = (q @ k.transpose(-1, -2)) * _segment_decay(b[..., 0])
+        scores = (q @ k.transpose(-1, -2)) * segment_decay(g[..., 0])   # e^{b_t - b_s}, s <= t
     o = scores @ v                                                 # (B, H, N, C, V)
 
     # 3. per-chunk writes, then the state entering every chunk (sequential over N only)
@@ -84,9 +92,8 @@ def _chunked(q, k, v, g, state, C):
         writes = k.transpose(-1, -2) @ v                           # (B, H, N, K, V)
         chunk_decay = writes.new_ones(writes.shape[:3])            # (B, H, N)
     else:
-        b_last = b[..., -1:, :]                                    # (B, H, N, 1, K | 1)
-        writes = (k * (b_last - b).exp()).transpose(-1, -2) @ v    # (B, H, N, K, V)
-        chunk_decay = b_last.squeeze(-2).exp()                     # (B, H, N, K | 1)
+        writes = (k * out_decay).transpose(-1, -2) @ v             # (B, H, N, K, V)
+        chunk_decay = b[..., -1, :].exp()                          # (B, H, N, K | 1)
         chunk_decay = chunk_decay if diagonal else chunk_decay[..., 0]
     entering, state = chunk_state_scan(chunk_decay, writes, state)  # (B, H, N, K, V), (B, H, K, V)
 
@@ -104,41 +111,33 @@ def _to_chunks(x, N, C):
     return x.transpose(1, 2).unflatten(2, (N, C))
 
 
-def _segment_decay(b):
-    """exp(b_t - b_s) for s <= t, else 0.  b: (..., C) -> (..., C, C)."""
-    C = b.shape[-1]
-    causal = torch.ones(C, C, dtype=torch.bool, device=b.device).tril()
-    diff = (b[..., :, None] - b[..., None, :]).masked_fill(~causal, float("-inf"))
-    return diff.exp()
-
-
 def _sub_block(C):
     """The largest divisor of C that is at most SUB_BLOCK."""
     return next(s for s in range(min(C, SUB_BLOCK), 0, -1) if C % s == 0)
 
 
-def _diagonal_scores(q, k, b, S):
-    """A_ts = sum_k q_tk k_sk exp(b_tk - b_sk) for s <= t, else 0, without overflow.
+def _diagonal_scores(q, k, g, S):
+    """A_ts = sum_k q_tk k_sk e^{b_tk - b_sk} for s <= t, else 0, without overflow or cancellation.
 
-    q, k, b: (..., C, K) with C = M * S.  Sub-blocks on the diagonal use the pairwise
-    differences b_t - b_s (<= 0).  Row block i > 0 meets earlier columns through the
-    reference r = last token of block i - 1: e^{b_t - b_r} and e^{b_r - b_s} are both <= 1.
+    q, k, g: (..., C, K) with C = M * S. Sub-blocks on the diagonal take the segment decays of
+    their own tokens ((..., M, K, S, S), not (..., C, C, K)). Row block i > 0 meets the earlier
+    columns through the reference r = last token of block i - 1: e^{b_t - b_s} = e^{b_t - b_r}
+    e^{b_r - b_s}, the first from the prefix of t in its block, the second from the suffix of s
+    in its block j times the decay over the whole blocks j+1 .. i-1. Every factor is <= 1.
     """
     *lead, C, K = q.shape
     M = C // S
-    qs, ks, bs = (x.unflatten(-2, (M, S)) for x in (q, k, b))         # (..., M, S, K)
-    causal = torch.ones(S, S, dtype=torch.bool, device=q.device).tril()
-    diff = (bs[..., :, None, :] - bs[..., None, :, :]).masked_fill(~causal[..., None], float("-inf"))
-    blocks = ((qs[..., :, None, :] * diff.exp()) * ks[..., None, :, :]).sum(-1)  # (..., M, S, S)
+    qs, ks, gs = (x.unflatten(-2, (M, S)) for x in (q, k, g))         # (..., M, S, K)
+    inner = segment_decay(gs.transpose(-1, -2))                        # (..., M, K, S, S)
+    blocks = (qs.transpose(-1, -2)[..., :, None] * inner * ks.transpose(-1, -2)[..., None, :]).sum(-3)
     eye = torch.eye(M, dtype=q.dtype, device=q.device)
     scores = (blocks[..., :, :, None, :] * eye[:, None, :, None]).reshape(*lead, C, C)
     if M == 1:
         return scores
-    ref = bs[..., :-1, -1:, :]                                          # (..., M-1, 1, K)
-    q_rows = qs[..., 1:, :, :] * (bs[..., 1:, :, :] - ref).exp()        # (..., M-1, S, K)
-    before = torch.arange(C, device=q.device)[None, :] < (torch.arange(1, M, device=q.device) * S)[:, None]
-    expo = (ref - b[..., None, :, :]).masked_fill(~before[..., None], float("-inf"))
-    k_cols = k[..., None, :, :] * expo.exp()                            # (..., M-1, C, K)
-    below = q_rows @ k_cols.transpose(-1, -2)                           # (..., M-1, S, C)
+    q_rows = qs[..., 1:, :, :] * gs[..., 1:, :, :].cumsum(dim=-2).exp()   # e^{b_t - b_r}   (..., M-1, S, K)
+    across = segment_decay(gs.sum(dim=-2).transpose(-1, -2))[..., :-1, :]  # blocks (j, i-1]   (..., K, M-1, M)
+    to_end = ks * suffix_sums(gs, dim=-2).exp()                        # k_s e^{b_end(j) - b_s}   (..., M, S, K)
+    k_cols = to_end[..., None, :, :, :] * across.movedim(-3, -1)[..., None, :]   # (..., M-1, M, S, K)
+    below = q_rows @ k_cols.flatten(-3, -2).transpose(-1, -2)          # (..., M-1, S, C)
     below = torch.cat([below.new_zeros(*lead, 1, S, C), below], dim=-3).reshape(*lead, C, C)
     return scores + below

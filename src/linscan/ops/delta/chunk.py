@@ -13,9 +13,12 @@ Steps 1, 2 and 4 run batched over all chunks; only the two small products of
 step 3 run in the loop over chunks. The backward is written by hand in the same
 shape (one reverse loop of two small products, everything else batched), which
 saves the per-chunk autograd nodes and most of the passes over the L x L
-matrices. Every exponent is <= 0 (differences are masked to -inf before exp),
-so nothing overflows however strong the decay. Long inputs run as segments of
-chunks that carry the state, so that no temporary grows past SEGMENT_ELEMENTS.
+matrices. Every exponent is <= 0, so nothing overflows however strong the
+decay, and every exponent is a sum of log-decays over the rows it spans
+(b_t - b_s = g_{s+1} + ... + g_t, ops/segsum.py), never a difference of two
+cumulative sums: those cancel after one strong decay (float32 accuracy lost) or
+g = -inf (NaN). Long inputs run as segments of chunks that carry the state, so
+that no temporary grows past SEGMENT_ELEMENTS.
 
 DeltaProduct (R Householder steps per token) is the plain delta rule over the
 interleaved sequence of T * R rows, with each token's gate on its first row and
@@ -31,6 +34,7 @@ from torch.autograd.function import once_differentiable
 from .. import varlen
 from ..dtypes import compute_dtype, upcast
 from ..registry import register
+from ..segsum import cumsum_grad, decay_matrix, pair_grad
 from .step import delta_step, householder_axis
 
 DEFAULT_ROWS = 64          # Householder rows per chunk by default: C = DEFAULT_ROWS // R tokens
@@ -75,20 +79,19 @@ def _chunked(q, k, v, beta, g, state, C):
     k, v = (_to_chunks(_pad_time(x, N * C).flatten(1, 2), N) for x in (k, v))
     beta = _to_chunks(_pad_time(beta, N * C).flatten(1, 2)[..., None], N)[..., 0]    # (N, BH, L)
     q = _to_chunks(_pad_time(q, N * C), N)                        # (N, BH, C, K)
-    b = None
     if g is not None:
-        # the gate sits on each token's first row; b = cumulative log-decay inside each chunk
+        # the gate sits on each token's first row (log-decay 0 on the others)
         rows = F.pad(_pad_time(g, N * C)[:, :, None], (0, 0, 0, R - 1)).flatten(1, 2)  # (B, T'R, H)
-        b = _to_chunks(rows[..., None], N)[..., 0].cumsum(-1)     # (N, BH, L)
+        g = _to_chunks(rows[..., None], N)[..., 0]                # (N, BH, L)
     # long inputs run as segments of M chunks carrying the state: this bounds every temporary (the
     # L x L matrices above all), which keeps them in cache and out of the allocator's page-fault path
     L = k.shape[-2]
     M = max(1, SEGMENT_ELEMENTS // (B * H * L * max(L, K, v.shape[-1])))
-    segments = [[None] * -(-N // M) if x is None else x.split(M) for x in (q, k, v, beta, b)]
+    segments = [[None] * -(-N // M) if x is None else x.split(M) for x in (q, k, v, beta, g)]
     state = state.flatten(0, 1)                                   # (BH, K, V)
     outs = []
-    for q_s, k_s, v_s, beta_s, b_s in zip(*segments):
-        o_s, state = _DeltaChunks.apply(q_s, k_s, v_s, beta_s, b_s, state, R)
+    for q_s, k_s, v_s, beta_s, g_s in zip(*segments):
+        o_s, state = _DeltaChunks.apply(q_s, k_s, v_s, beta_s, g_s, state, R)
         outs.append(o_s)
     o = torch.cat(outs) if len(outs) > 1 else outs[0]             # (N, BH, C, V)
     o = o.unflatten(1, (B, H)).permute(1, 0, 3, 2, 4).flatten(1, 2)[:, :T]   # (B, T, H, V)
@@ -99,17 +102,18 @@ class _DeltaChunks(torch.autograd.Function):
     """Steps 1-4 of the module docstring on chunked tensors, with a hand-written backward.
 
     q: (N, G, C, K) scaled queries; k: (N, G, L, K); v: (N, G, L, V); beta: (N, G, L);
-    b: None | (N, G, L) cumulative log-decay per chunk; state: (G, K, V); R rows per token.
+    g: None | (N, G, L) log-decay per row; state: (G, K, V); R rows per token.
     Returns o (N, G, C, V) and the final state (G, K, V). Temporaries are updated in place
     where they can be, to allocate fewer fresh L x L buffers.
     """
 
     @staticmethod
-    def forward(ctx, q, k, v, beta, b, state, R):
+    def forward(ctx, q, k, v, beta, g, state, R):
         read = slice(R - 1, None, R)                              # the row after which a token is read
-        e_in, e_read, e_out, decay = _gates(b, R)
-        # 1. decay between rows (a plain causal mask without a gate)
-        gamma = _causal(k.shape[-2], q.dtype, q.device) if b is None else _segment_decay(b)  # (N, G, L, L)
+        # 1. decay between rows as sums of log-decays (a plain causal mask without a gate)
+        b = None if g is None else g.cumsum(-1)                   # (N, G, L)
+        gamma = _causal(k.shape[-2], q.dtype, q.device) if g is None else decay_matrix(g)  # (N, G, L, L)
+        e_in, e_read, e_out, decay = _gates(b, gamma, R)
         # 2. UT transform: (I + A)^{-1} explicitly, since a solve against the identity is cheaper
         #    than one against [V | K] for small batched matrices, and the backward needs no solve
         kbeta = _rows(k, beta)                                    # (N, G, L, K)
@@ -147,7 +151,7 @@ class _DeltaChunks(torch.autograd.Function):
         q, k, v, beta, b, gamma, kbeta, A, T_inv, P, X, v_new, entering, k_out, q_in = ctx.saved_tensors
         R, V = ctx.R, v.shape[-1]
         read = slice(R - 1, None, R)
-        e_in, e_read, e_out, decay = _gates(b, R)
+        e_in, e_read, e_out, decay = _gates(b, gamma, R)
         W = X[..., V:]
         d_o = d_o.contiguous()                                    # it arrives permuted; four products read it
         # 4. outputs: the parts that do not need the state's gradient
@@ -168,13 +172,14 @@ class _DeltaChunks(torch.autograd.Function):
         d_rhs = T_inv.mT @ torch.cat([d_v_new, (d_v_new @ entering.mT).neg_()], -1)
         minus_d_A = (d_rhs @ X.mT).tril_(-1)                      # (N, G, L, L)
         d_rhs_v, d_rhs_k = d_rhs[..., :V], d_rhs[..., V:]
-        d_b = None
+        d_g = None
         if b is not None and ctx.needs_input_grad[4]:
             E = (A * minus_d_A).neg_()                            # dL/d(b_t - b_s) through A = kk * Gamma
             E[..., read, :] += P * d_scores                       # and through P = (Q K^T) * Gamma
             from_decay = _dot(entering.flatten(-2), d_exit.flatten(-2)) * decay[..., 0, 0]   # (N, G)
             d_b = _log_decay_grad(E, e_in, R, from_rhs=_dot(d_rhs_k, kbeta), from_q=_dot(d_q_in, q_in),
                                   from_k_out=_dot(d_k_out, k_out), from_decay=from_decay)
+            d_g = cumsum_grad(d_b)                                # b = cumsum(g)
         minus_d_kk = minus_d_A if b is None else minus_d_A.mul_(gamma)
         d_kbeta = _addmm_(_rows(d_rhs_k, e_in, copy=True), minus_d_kk, k, alpha=-1)
         d_qk = d_scores.mul_(gamma[..., read, :])
@@ -182,7 +187,7 @@ class _DeltaChunks(torch.autograd.Function):
         d_k = _addmm_(_addmm_(d_k, minus_d_kk.mT, kbeta, alpha=-1), d_qk.mT, q)
         d_q = _addmm_(_rows(d_q_in, e_read, copy=True), d_qk, k)
         d_beta = _dot(d_rhs_v, v) + _dot(d_kbeta, k)
-        return d_q, d_k, _rows(d_rhs_v, beta), d_beta, d_b, ds, None     # None: R is not a tensor
+        return d_q, d_k, _rows(d_rhs_v, beta), d_beta, d_g, ds, None     # None: R is not a tensor
 
 
 def _log_decay_grad(E, e_in, R, *, from_rhs, from_q, from_k_out, from_decay):
@@ -192,7 +197,7 @@ def _log_decay_grad(E, e_in, R, *, from_rhs, from_q, from_k_out, from_decay):
     from_rhs = sum dL/d(rhs_K) * beta k (rhs_K = beta k e^b), from_q = sum dL/d(Q e^b) * Q e^b
     (read rows), from_k_out = sum dL/d(K e^{b_L - b}) * K e^{b_L - b}, from_decay for e^{b_L} (N, G).
     """
-    d_b = E.sum(-1) - E.sum(-2) + from_rhs * e_in - from_k_out
+    d_b = pair_grad(E) + from_rhs * e_in - from_k_out
     d_b[..., R - 1::R] += from_q
     d_b[..., -1] += from_k_out.sum(-1) + from_decay
     return d_b
@@ -209,14 +214,13 @@ def _dot(x, y):
     return torch.einsum("...d,...d->...", x, y)
 
 
-def _gates(b, R):
-    """e^b (N, G, L), its read rows (N, G, C), e^{b_L - b} (N, G, L) and the chunk decay
-    e^{b_L} (N, G, 1, 1); all None without a gate."""
+def _gates(b, gamma, R):
+    """e^b (N, G, L), its read rows (N, G, C), e^{b_L - b} (N, G, L: the last row of Gamma, a sum
+    of log-decays, not the difference) and the chunk decay e^{b_L} (N, G, 1, 1); all None without a gate."""
     if b is None:
         return None, None, None, None
-    b_last = b[..., -1:]                                          # (N, G, 1)
     e_in = b.exp()
-    return e_in, e_in[..., R - 1::R], (b_last - b).exp(), b_last.exp()[..., None]
+    return e_in, e_in[..., R - 1::R], gamma[..., -1, :], e_in[..., -1:, None]
 
 
 def _rows(x, w, *, copy=False):
@@ -242,10 +246,3 @@ def _to_chunks(x, N):
 
 def _causal(L, dtype, device):
     return torch.ones(L, L, dtype=dtype, device=device).tril()
-
-
-def _segment_decay(b):
-    """exp(b_t - b_s) for s <= t, else 0.  b: (..., L) -> (..., L, L)."""
-    L = b.shape[-1]
-    causal = torch.ones(L, L, dtype=torch.bool, device=b.device).tril()
-    return (b[..., :, None] - b[..., None, :]).masked_fill_(~causal, float("-inf")).exp_()

@@ -109,13 +109,15 @@ def _chunked(q, k, v, li, lf, state, C, *, scale, stabilise, normalize, eps):
     norm_in, norm = chunk_state_scan(keep, writes_n, norm)              # (B, H, N, K), (B, H, K)
 
     # 4. per-token max-state; intra-chunk and inter-chunk terms. The query scale multiplies
-    #    every weight, so ln(scale) joins the exponents instead of costing a pass over q
-    #    (and the shift is added: the backward of a subtraction negates a full-size gradient).
+    #    every weight, so ln(scale) joins the exponents instead of costing a pass over q. It joins
+    #    after m_t is taken off: the largest exponent then is exactly 0 (m_t is one of them), not
+    #    rounded at the size of m (float32 digits lost for large gates). -m_t is added: the
+    #    backward of a subtraction negates a full-size gradient.
     m_in = m_in[..., None]                                         # (B, H, N, 1)
     m_t = torch.maximum(b + m_in, a) if stabilise else torch.zeros_like(b)   # (B, H, N, C)
-    shift = math.log(scale) - m_t                                  # (B, H, N, C)
-    scores = (q @ k.transpose(-1, -2)) * (logw + _per_row(shift, logw)).exp_()  # (B, H, N, C, C)
-    q_in = q * _per_row((b + m_in + shift).exp(), q)               # (B, H, N, C, K)
+    log_scale = math.log(scale)
+    scores = (q @ k.transpose(-1, -2)) * (logw + _per_row(-m_t, logw)).add_(log_scale).exp_()  # (B, H, N, C, C)
+    q_in = q * _per_row((b + m_in - m_t + log_scale).exp(), q)     # (B, H, N, C, K)
     num = scores @ v + q_in @ mem_in                               # (B, H, N, C, V)
     qn = scores.sum(dim=-1) + (q_in @ norm_in[..., None])[..., 0]  # (B, H, N, C)
 
