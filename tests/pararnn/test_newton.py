@@ -1,5 +1,7 @@
 """newton_rnn: Newton-parallel solution == sequential loop, adjoint gradients == backprop, no unrolling."""
 
+import re
+
 import pytest
 import torch
 
@@ -221,3 +223,32 @@ def test_segments_give_the_same_solution_and_gradients(name):
         torch.testing.assert_close(a, b, atol=1e-10, rtol=0)
     with pytest.raises(ValueError, match="segment"):
         newton_rnn(cell, x, segment=0)
+
+
+@pytest.mark.parametrize("kwargs, x_shape, argument", [
+    ({"max_iters": 0}, (2, 10, 8), "max_iters"),
+    ({"max_iters": -1}, (2, 10, 8), "max_iters"),
+    ({"max_iters": 2.5}, (2, 10, 8), "max_iters"),
+    ({"tol": -1.0}, (2, 10, 8), "tol"),
+    ({"tol": float("nan")}, (2, 10, 8), "tol"),
+    ({"fallback": True}, (2, 10, 8), "fallback"),
+    ({}, (2, 10, 5), "x: expected N = 8"),
+    ({}, (2, 0, 8), "x: expected T >= 1"),
+    ({}, (10, 8), "x: expected a tensor [B, T, N]"),
+])
+def test_bad_arguments_name_themselves(kwargs, x_shape, argument):
+    cell = ParaGRU(8, 16)
+    with pytest.raises(ValueError, match=re.escape(argument)):
+        newton_rnn(cell, torch.randn(x_shape), **kwargs)
+    if not kwargs:
+        with pytest.raises(ValueError, match=re.escape(argument)):
+            sequential_rnn(cell, torch.randn(x_shape))
+
+
+def test_integer_inputs_and_bad_sizes_are_refused():
+    with pytest.raises(ValueError, match="x: expected a floating dtype"):
+        newton_rnn(ParaGRU(8, 16), torch.ones(2, 3, 8, dtype=torch.long))
+    for make, argument in [(lambda: ParaGRU(0, 16), "input_size"), (lambda: ParaLSTMCIFG(8, -2), "hidden_size"),
+                           (lambda: ALRNN(8, 16, 17), "relu_units"), (lambda: ALRNN(8, 2.5, 1), "state_size")]:
+        with pytest.raises(ValueError, match=argument):
+            make()

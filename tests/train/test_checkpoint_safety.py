@@ -18,19 +18,14 @@ from linscan.models.config import PRESETS
 from linscan.train import CheckpointError, TrainArgs, checkpoint, loop, train
 from linscan.train.loop import TrainingDiverged
 
+from .corpus import write_corpus
+
 MICRO = dict(d_model=32, n_layers=2, n_heads=2, pattern="DA", mlp_ratio=2.0)
 
 
 @pytest.fixture(autouse=True)
 def micro_preset(monkeypatch):
     monkeypatch.setitem(PRESETS, "micro", MICRO)
-
-
-@pytest.fixture
-def text_file(tmp_path):
-    path = tmp_path / "corpus.txt"
-    path.write_text("".join(f"def f{i}(x):\n    return x * {i} + {i % 7}\n\n" for i in range(200)))
-    return path
 
 
 def micro_args(out, text_file, **kw):
@@ -55,8 +50,7 @@ def rows(out):
 def reference(tmp_path_factory):
     """Metrics rows of an uninterrupted 6-step run."""
     tmp = tmp_path_factory.mktemp("reference")
-    text = tmp / "corpus.txt"
-    text.write_text("".join(f"def f{i}(x):\n    return x * {i} + {i % 7}\n\n" for i in range(200)))
+    text = write_corpus(tmp / "corpus.txt")
     with pytest.MonkeyPatch.context() as mp:
         mp.setitem(PRESETS, "micro", MICRO)
         train(micro_args(tmp / "run", text))

@@ -20,6 +20,8 @@ import time
 import pytest
 from safetensors.torch import load_file
 
+from .corpus import write_corpus
+
 STEPS = 30
 
 WORKER = r"""
@@ -137,8 +139,7 @@ def next_line(lines, pending, pid, deadline):
 
 @pytest.mark.slow
 def test_real_sigints_at_random_moments_then_resume_equal_the_uninterrupted_run(tmp_path):
-    text = tmp_path / "corpus.txt"
-    text.write_text("".join(f"def f{i}(x):\n    return x * {i} + {i % 7}\n\n" for i in range(200)))
+    text = write_corpus(tmp_path / "corpus.txt")
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
     seed = random.randrange(2**32)

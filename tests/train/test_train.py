@@ -15,13 +15,6 @@ from linscan.train import checkpoint
 from linscan.train.optim import make_optimizer
 
 
-@pytest.fixture
-def text_file(tmp_path):
-    path = tmp_path / "corpus.txt"
-    path.write_text("".join(f"def f{i}(x):\n    return x * {i} + {i % 7}\n\n" for i in range(400)))
-    return path
-
-
 def small_args(tmp_path, text_file, **kw):
     base = dict(preset="tiny", data=str(text_file), steps=6, batch_size=2, seq_len=32, eval_every=3,
                 eval_batches=2, ckpt_every=3, warmup=2, out=str(tmp_path / "run"), progress=False)

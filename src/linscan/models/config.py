@@ -85,12 +85,16 @@ class LinscanConfig:
             raise ValueError(f"head_dim: expected None or a positive int, got {self.head_dim!r}")
         if self.head_dim is None and self.d_model % self.n_heads:
             raise ValueError(f"n_heads: expected a divisor of d_model = {self.d_model}, got {self.n_heads}")
-        for name in ("init_std", "embed_scale"):
+        for name in ("init_std", "embed_scale", "norm_eps"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
                 raise ValueError(f"{name}: expected a positive number, got {value!r}")
-        if self.mlp_ratio < 0:
-            raise ValueError(f"mlp_ratio: expected >= 0, got {self.mlp_ratio}")
+        if isinstance(self.mlp_ratio, bool) or not isinstance(self.mlp_ratio, (int, float)) or not 0 <= self.mlp_ratio < math.inf:
+            raise ValueError(f"mlp_ratio: expected a number >= 0, got {self.mlp_ratio!r}")
+        if not isinstance(self.tie_embeddings, bool):
+            raise ValueError(f"tie_embeddings: expected True or False, got {self.tie_embeddings!r}")
+        if not isinstance(self.mixer_options, dict) or not all(isinstance(o, dict) for o in self.mixer_options.values()):
+            raise ValueError(f"mixer_options: expected {{mixer name: {{option: value}}}}, got {self.mixer_options!r}")
         unknown = sorted(set(self.mixer_options) - set(LETTERS.values()))
         if unknown:
             raise ValueError(f"mixer_options: unknown mixer name(s) {unknown}; expected from {sorted(LETTERS.values())}")
@@ -111,6 +115,8 @@ class LinscanConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "LinscanConfig":
+        if not isinstance(d, dict):
+            raise ValueError(f"config: expected a JSON object of fields, got {type(d).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         extra = sorted(set(d) - known)
         if extra:
@@ -124,7 +130,15 @@ class LinscanConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> "LinscanConfig":
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        """Read a config saved by :meth:`save`; ValueError naming the file when it is not one."""
+        try:
+            data = json.loads(Path(path).read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"config: {path} is not a JSON config file ({e})") from e
+        try:
+            return cls.from_dict(data)
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"config: {path}: {e}") from e
 
 
 def _mixer_options(name: str) -> set[str]:

@@ -30,6 +30,7 @@ class NewtonCell(nn.Module):
     and define ``transition`` and ``linearize`` (``project`` defaults to the identity)."""
 
     structure = "dense"
+    input_size = 0
     state_size = 0
 
     def project(self, x):
@@ -48,6 +49,14 @@ class NewtonCell(nn.Module):
         return self.linearize(h, self.project(x))[1]
 
 
+def _sizes(cell, input_size, **sizes):
+    """Check that every size is a positive int (naming it), and record the input size."""
+    for name, value in {"input_size": input_size, **sizes}.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name}: expected a positive int, got {value!r}")
+    cell.input_size = input_size
+
+
 def _diag_param(size, bound):
     return nn.Parameter(torch.empty(size).uniform_(-bound, bound))
 
@@ -63,6 +72,7 @@ class ParaGRU(NewtonCell):
 
     def __init__(self, input_size, hidden_size):
         super().__init__()
+        _sizes(self, input_size, hidden_size=hidden_size)
         self.state_size = hidden_size
         self.A_z, self.A_r, self.A_h = (_diag_param(hidden_size, 1.0) for _ in range(3))
         self.B = nn.Linear(input_size, 3 * hidden_size)          # B_z, B_r, B_h and b_z, b_r, b_h
@@ -103,6 +113,7 @@ class ParaLSTMCIFG(NewtonCell):
 
     def __init__(self, input_size, hidden_size):
         super().__init__()
+        _sizes(self, input_size, hidden_size=hidden_size)
         self.hidden_size = hidden_size
         self.state_size = 2 * hidden_size
         self.A_f, self.A_c, self.A_o, self.C_f, self.C_o = (_diag_param(hidden_size, 1.0) for _ in range(5))
@@ -152,7 +163,8 @@ class ALRNN(NewtonCell):
 
     def __init__(self, input_size, state_size, relu_units):
         super().__init__()
-        if not 0 <= relu_units <= state_size:
+        _sizes(self, input_size, state_size=state_size)
+        if isinstance(relu_units, bool) or not isinstance(relu_units, int) or not 0 <= relu_units <= state_size:
             raise ValueError(f"relu_units: expected 0 <= P <= {state_size}, got {relu_units}")
         self.state_size = state_size
         self.relu_units = relu_units

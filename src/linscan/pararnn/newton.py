@@ -26,6 +26,8 @@ h-independent part, computed once), ``transition(h, u)``, ``linearize(h, u)``
 ``jacobian(h, x)`` compose them.
 """
 
+import math
+
 import torch
 
 from linscan.ops import linear_scan
@@ -69,9 +71,27 @@ def _initial_state(cell, x, h0):
     return x.new_zeros(x.shape[0], cell.state_size)
 
 
+def _check_inputs(cell, x, h0):
+    """x [B, T, N] floating with N = cell.input_size (when the cell declares it) and T >= 1;
+    returns the initial state [B, M] (h0, or zeros)."""
+    if not torch.is_tensor(x) or x.dim() != 3:
+        raise ValueError(f"x: expected a tensor [B, T, N], got {tuple(x.shape) if torch.is_tensor(x) else type(x).__name__}")
+    if not x.is_floating_point():
+        raise ValueError(f"x: expected a floating dtype, got {x.dtype}")
+    n = getattr(cell, "input_size", 0)
+    if n and x.shape[-1] != n:
+        raise ValueError(f"x: expected N = {n} features (the cell's input_size), got shape {tuple(x.shape)}")
+    if x.shape[1] < 1:
+        raise ValueError(f"x: expected T >= 1 positions, got shape {tuple(x.shape)}")
+    state = _initial_state(cell, x, h0)
+    if state.shape != (x.shape[0], cell.state_size):
+        raise ValueError(f"h0: expected [{x.shape[0]}, {cell.state_size}], got {tuple(state.shape)}")
+    return state
+
+
 def sequential_rnn(cell, x, h0=None):
     """Reference: the plain loop h_t = cell.step(h_{t-1}, x_t). x [B, T, N] -> h [B, T, M]."""
-    h = _initial_state(cell, x, h0)
+    h = _check_inputs(cell, x, h0)
     out = []
     for x_t in x.unbind(1):
         h = cell.step(h, x_t)
@@ -180,11 +200,14 @@ def newton_rnn(cell, x, h0=None, *, max_iters=3, tol=None, fallback=False, segme
         Differentiable w.r.t. x, h0 and the cell's parameters through the
         adjoint (one reverse ``linear_scan``), never through the iterations.
     """
-    if x.dim() != 3:
-        raise ValueError(f"x: expected [B, T, N], got shape {tuple(x.shape)}")
-    state = _initial_state(cell, x, h0)
-    if state.shape != (x.shape[0], cell.state_size):
-        raise ValueError(f"h0: expected [{x.shape[0]}, {cell.state_size}], got {tuple(state.shape)}")
+    state = _check_inputs(cell, x, h0)
+    if isinstance(max_iters, bool) or not isinstance(max_iters, int) or max_iters < 1:
+        raise ValueError(f"max_iters: expected a positive int, got {max_iters!r}")
+    if tol is not None and not (isinstance(tol, (int, float)) and 0 < tol < math.inf):
+        raise ValueError(f"tol: expected None or a positive finite number, got {tol!r}")
+    if fallback and tol is None:
+        raise ValueError("fallback: expected a tol as well (the sequential loop replaces a solve whose residual "
+                         "stays >= tol), got fallback=True with tol=None")
     if segment == "auto":
         segment = None if x.device.type == "cuda" else CPU_SEGMENT
     if segment is not None and (not isinstance(segment, int) or segment < 1):
