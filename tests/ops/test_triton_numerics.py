@@ -9,7 +9,9 @@ one on the first token of a chunk at head 1. Tiny sizes (interpreter on CPU): T 
 of 16, K = V = 8.
 
 Tolerance as the chunk tests': every output, state and gradient of the float32 triton run within
-twice the float32 naive loop's error (plus a floor at float32's rounding of a few-term sum).
+twice the float32 naive loop's error, plus FLOOR. Before the fix the decay and delta kernels were
+off by ~1e-4 at g = -1e4 and by O(1) or NaN at g = -1e8 and -inf; the mLSTM's (already segment
+sums) gave NaN with the sigmoid input gate at f = -inf.
 """
 
 import pytest
@@ -24,7 +26,9 @@ from .harness import flat, rel_err  # noqa: E402
 SPIKES = [float("-inf"), -1e8, -1e4]
 B, T, H, K, V, CHUNK = 1, 40, 2, 8, 8, 16
 MID, FIRST = 21, 32                     # a spike mid-chunk (every head), one opening a chunk (head 1)
-FLOOR = 1e-6                            # below this, relative errors are float32 rounding whatever the form
+# the gate gradients (reverse cumulative sums over the chunk) carry 2-3x the naive loop's ~1e-7
+# even with ordinary gates (the committed kernels too): the floor keeps that from failing
+FLOOR = 1e-6
 
 
 def ordinary_log_decays(gen, *shape) -> torch.Tensor:

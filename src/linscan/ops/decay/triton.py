@@ -9,7 +9,12 @@ Forward, per chunk of C tokens (default 64) of every head, on a flat token axis
     3. A = intra-chunk scores (sub-blocks for diagonal g)   triton_fwd.chunk_scores
     4. O = A V + (Q e^{b}) S_n                              triton_fwd.chunk_output
 
-Backward recomputes the entering states (steps 2) instead of storing them (only b,
+b serves the state pass only (the chunk decays e^{b_C}); the chunk kernels read the log
+gate g and form every decay inside a chunk as a sum of g over the tokens it spans
+(e^{b_t - b_s}, e^{b_C - b_s}: never a difference of cumulative sums, which loses
+float32 accuracy after one strong decay and is NaN after g = -inf; ops/segsum.py).
+
+Backward recomputes the entering states (steps 2) instead of storing them (only g, b,
 A and the inputs are saved), runs the state pass in reverse for the state
 gradients, then triton_bwd.chunk_backward gives dq, dk, dv, dg. T == 1 without
 autograd is one fused decode kernel (triton_step). float64 inputs go to the
@@ -36,12 +41,13 @@ class DecayTriton(torch.autograd.Function):
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
         h0_f32 = None if h0 is None else h0.float().contiguous()
         prec = dot_precision(q.dtype)
+        g = None if g is None else g.contiguous()
         b = None if g is None else chunk_cumsum(g, layout)                        # 1.
-        writes = chunk_writes(k, v, b, layout, prec=prec)                         # 2.
+        writes = chunk_writes(k, v, g, layout, prec=prec)                         # 2.
         states, final = state_passing(writes, b, layout, x0=h0_f32)
-        a = chunk_scores(q, k, b, layout, scale=scale, prec=prec)                 # 3.
-        o = chunk_output(q, v, b, a, states, layout, scale=scale, prec=prec)      # 4.
-        ctx.save_for_backward(q, k, v, b, a, h0_f32)
+        a = chunk_scores(q, k, g, layout, scale=scale, prec=prec)                 # 3.
+        o = chunk_output(q, v, g, a, states, layout, scale=scale, prec=prec)      # 4.
+        ctx.save_for_backward(q, k, v, g, b, a, h0_f32)
         ctx.scale, ctx.layout, ctx.prec = scale, layout, prec
         ctx.dtypes = (None if g is None else g.dtype, None if h0 is None else h0.dtype)
         ctx.set_materialize_grads(False)
@@ -49,18 +55,18 @@ class DecayTriton(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, do, d_final):
-        q, k, v, b, a, h0 = ctx.saved_tensors
+        q, k, v, g, b, a, h0 = ctx.saved_tensors
         layout, scale, prec = ctx.layout, ctx.scale, ctx.prec
         if do is None:
             do = torch.zeros(v.shape, dtype=q.dtype, device=q.device)          # only the final state was used
         do = do.to(q.dtype).contiguous()
-        states, _ = state_passing(chunk_writes(k, v, b, layout, prec=prec), b, layout, x0=h0,
+        states, _ = state_passing(chunk_writes(k, v, g, layout, prec=prec), b, layout, x0=h0,
                                   store_final=False)                              # recompute 2.
-        u = chunk_writes(q, do, b, layout, scale=scale, from_end=False, prec=prec)
+        u = chunk_writes(q, do, g, layout, scale=scale, from_end=False, prec=prec)
         d_final = None if d_final is None else d_final.float()
         dstates, dh0 = state_passing(u, b, layout, x0=d_final, reverse=True,
                                      store_final=ctx.needs_input_grad[4])
-        dq, dk, dv, dg = chunk_backward(q, k, v, b, a, do, states, dstates, layout, scale=scale, prec=prec)
+        dq, dk, dv, dg = chunk_backward(q, k, v, g, a, do, states, dstates, layout, scale=scale, prec=prec)
         g_dtype, h0_dtype = ctx.dtypes
         dg = None if dg is None else dg.to(g_dtype)
         dh0 = None if dh0 is None else dh0.to(h0_dtype)

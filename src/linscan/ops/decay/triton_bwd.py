@@ -10,6 +10,18 @@ and S_n the state entering it, on one chunk (q~ = scale * q):
     db_t = q~_t dq~_t - k_t dk_t,  plus at the chunk's last token
            sum_v S_{n+1} dS_n = e^{b_C} sum_v S_n dS_n + sum_s k_s dk^{state}_s
     dg   = reverse cumulative sum of db inside the chunk
+
+Extra work against the old difference form, per (chunk, K tile): a [C, BK] reverse cumulative
+sum for each e^{b_C - b}; the scalar gate's [C, C] segment sums; for diagonal gates the
+[S, S, BK] segment sums of every sub-block and two [C, BK] cumulative sums per sub-block
+(the reference-point decays): O(C^2 BK) adds at most, against the O(C^2 K) products.
+
+db takes dq~, dk without the pairs s = t (exponent 0 whatever b: no gradient, but the
+largest terms, which would cancel between q~ dq~ and k dk and cost dg float32 digits;
+segsum.pair_grad); the diagonal dA_tt is added to dq~, dk afterwards.
+
+As in the forward, every decay e^{b_t - b_s}, e^{b_C - b_s} is computed from a sum of the log
+gates g over the tokens it spans (ops/segsum.py), never from a difference of cumulative sums.
 """
 
 from __future__ import annotations
@@ -18,8 +30,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ..shared.triton import (ChunkLayout, chunk_bounds, exp_nonpositive, load_gate, load_rows, tile)
-from .triton_fwd import NUM_WARPS, SUB_BLOCK, _gate, pairwise_decay
+from ..shared.triton import (ChunkLayout, chunk_bounds, exp_nonpositive, gate_suffix, load_gate, load_rows,
+                             segment_sums, tile)
+from .triton_fwd import NUM_WARPS, SUB_BLOCK, _gate, from_first_row, pairwise_decay
 
 
 @triton.jit
@@ -41,7 +54,7 @@ def _dscores_kernel(do_ptr, v_ptr, da_ptr, cu_ptr, index_ptr, H, V,
 
 
 @triton.jit
-def _dv_kernel(k_ptr, b_ptr, a_ptr, do_ptr, dstates_ptr, dv_ptr, cu_ptr, index_ptr, H, K, V,
+def _dv_kernel(k_ptr, g_ptr, a_ptr, do_ptr, dstates_ptr, dv_ptr, cu_ptr, index_ptr, H, K, V,
                C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, GATE: tl.constexpr,
                PREC: tl.constexpr):
     """dV = A^T dO + (K e^{b_C - b}) dS_n on one (chunk, V tile, head)."""
@@ -57,9 +70,7 @@ def _dv_kernel(k_ptr, b_ptr, a_ptr, do_ptr, dstates_ptr, dv_ptr, cu_ptr, index_p
         rk = k0 + tl.arange(0, BK)
         k = load_rows(k_ptr, rows, end, h, H, K, rk)
         if GATE > 0:
-            b = load_gate(b_ptr, rows, end, h, H, K, rk, GATE)
-            b_last = load_gate(b_ptr, end - 1 + tl.zeros([1], tl.int32), end, h, H, K, rk, GATE)
-            k *= exp_nonpositive(b_last - b)
+            k *= exp_nonpositive(gate_suffix(g_ptr, rows, end, h, H, K, rk, GATE))      # e^{b_C - b}
         ds = tl.load(dstate + rk[:, None] * V + rv[None, :], mask=(rk[:, None] < K) & (rv[None, :] < V), other=0.0)
         acc += tl.dot(k, ds, input_precision=PREC)
     offs = (rows[:, None].to(tl.int64) * H + h) * V + rv[None, :]
@@ -67,13 +78,15 @@ def _dv_kernel(k_ptr, b_ptr, a_ptr, do_ptr, dstates_ptr, dv_ptr, cu_ptr, index_p
 
 
 @triton.jit
-def _intra_diagonal_kernel(q_ptr, k_ptr, b_ptr, da_ptr, dq_ptr, dk_ptr, cu_ptr, index_ptr, scale,
+def _intra_diagonal_kernel(q_ptr, k_ptr, g_ptr, da_ptr, dq_ptr, dk_ptr, cu_ptr, index_ptr, scale,
                            H, K, C: tl.constexpr, S: tl.constexpr, BK: tl.constexpr,
                            PREC: tl.constexpr):
-    """Diagonal gates: the intra-chunk parts of dq~ and dk on one (chunk, K tile, head), by sub-blocks.
+    """Diagonal gates: the intra-chunk parts of dq~ and dk on one (chunk, K tile, head), by sub-blocks,
+    but for the pairs s = t (added by _dqk_kernel after the gate gradient).
 
     Earlier key blocks reach row block i through r = its first row; later query rows reach
-    key block i through r = its last row; inside a sub-block pairwise differences are used.
+    key block i through r = its last row (each side's exponent a sum of g up to or from r);
+    inside a sub-block the pairwise segment sums are used.
     """
     i, pid_k, h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     _, start, end = chunk_bounds(cu_ptr, index_ptr, i, C)
@@ -85,24 +98,28 @@ def _intra_diagonal_kernel(q_ptr, k_ptr, b_ptr, da_ptr, dq_ptr, dk_ptr, cu_ptr, 
         if r0 < end:
             q_i = load_rows(q_ptr, rows_i, end, h, H, K, rk) * scale
             k_i = load_rows(k_ptr, rows_i, end, h, H, K, rk)
-            b_i = load_rows(b_ptr, rows_i, end, h, H, K, rk)
+            g_i = load_rows(g_ptr, rows_i, end, h, H, K, rk)
             da_ii = load_rows(da_ptr, rows_i, end, h, H, C, blk * S + sub)          # (t, s), causal
-            weighted = da_ii[:, :, None] * pairwise_decay(b_i)                     # (t, s, BK)
+            da_ii = tl.where(sub[None, :] < sub[:, None], da_ii, 0.0)             # s = t: in _dqk_kernel
+            weighted = da_ii[:, :, None] * pairwise_decay(g_i, S)                  # (t, s, BK)
             dq_i = tl.sum(weighted * k_i[None, :, :], axis=1)
             dk_i = tl.sum(weighted * q_i[:, None, :], axis=0)
             if blk > 0:
-                b_r = load_rows(b_ptr, r0 + tl.zeros([1], tl.int32), end, h, H, K, rk)
+                to_r = gate_suffix(g_ptr, rows, r0 + 1, h, H, K, rk, 2)             # g over (s, r0], s < r0
                 k_before = tl.where(rows[:, None] < r0, load_rows(k_ptr, rows, end, h, H, K, rk) *
-                                    exp_nonpositive(b_r - load_rows(b_ptr, rows, end, h, H, K, rk)), 0.0)
+                                    exp_nonpositive(to_r), 0.0)
                 da_i = load_rows(da_ptr, rows_i, end, h, H, C, cols)                # (S, C)
-                dq_i += tl.dot(da_i, k_before, input_precision=PREC) * exp_nonpositive(b_i - b_r)
+                dq_i += tl.dot(da_i, k_before, input_precision=PREC) * exp_nonpositive(from_first_row(g_i, S))
             if blk < C // S - 1:
-                b_r = load_rows(b_ptr, r0 + S - 1 + tl.zeros([1], tl.int32), end, h, H, K, rk)
-                q_after = tl.where(rows[:, None] >= r0 + S, load_rows(q_ptr, rows, end, h, H, K, rk) * scale *
-                                   exp_nonpositive(load_rows(b_ptr, rows, end, h, H, K, rk) - b_r), 0.0)
+                r1 = r0 + S - 1                                                     # the block's last row
+                from_r = tl.cumsum(tl.where(rows[:, None] > r1, load_rows(g_ptr, rows, end, h, H, K, rk), 0.0),
+                                   axis=0)                                          # g over (r1, t], t > r1
+                q_after = tl.where(rows[:, None] > r1, load_rows(q_ptr, rows, end, h, H, K, rk) * scale *
+                                   exp_nonpositive(from_r), 0.0)
                 da_t = tl.load(da_ptr + (rows[None, :].to(tl.int64) * H + h) * C + blk * S + sub[:, None],
                                mask=rows[None, :] < end, other=0.0)                 # (s, t)
-                dk_i += tl.dot(da_t, q_after, input_precision=PREC) * exp_nonpositive(b_r - b_i)
+                to_r = gate_suffix(g_ptr, rows_i, tl.minimum(r1 + 1, end), h, H, K, rk, 2)   # g over (s, r1]
+                dk_i += tl.dot(da_t, q_after, input_precision=PREC) * exp_nonpositive(to_r)
             offs = (rows_i[:, None].to(tl.int64) * H + h) * K + rk[None, :]
             mask = (rows_i[:, None] < end) & (rk[None, :] < K)
             tl.store(dq_ptr + offs, dq_i, mask=mask)
@@ -110,7 +127,7 @@ def _intra_diagonal_kernel(q_ptr, k_ptr, b_ptr, da_ptr, dq_ptr, dk_ptr, cu_ptr, 
 
 
 @triton.jit
-def _dqk_kernel(q_ptr, k_ptr, v_ptr, do_ptr, b_ptr, da_ptr, states_ptr, dstates_ptr, dq_intra_ptr,
+def _dqk_kernel(q_ptr, k_ptr, v_ptr, do_ptr, g_ptr, da_ptr, states_ptr, dstates_ptr, dq_intra_ptr,
                 dk_intra_ptr, dq_ptr, dk_ptr, dg_ptr, cu_ptr, index_ptr, scale, T_total, H, K, V,
                 C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, GATE: tl.constexpr,
                 PREC: tl.constexpr):
@@ -136,21 +153,22 @@ def _dqk_kernel(q_ptr, k_ptr, v_ptr, do_ptr, b_ptr, da_ptr, states_ptr, dstates_
         dk += tl.dot(load_rows(v_ptr, rows, end, h, H, V, rv), tl.trans(ds), input_precision=PREC)
         s_dot_ds += tl.sum(s * ds, axis=1)
     if GATE > 0:
-        b = load_gate(b_ptr, rows, end, h, H, K, rk, GATE)
-        b_last = load_gate(b_ptr, end - 1 + tl.zeros([1], tl.int32), end, h, H, K, rk, GATE)
-        dq *= exp_nonpositive(b)
-        dk *= exp_nonpositive(b_last - b)
+        g = load_gate(g_ptr, rows, end, h, H, K, rk, GATE)
+        b_last = tl.sum(g, axis=0)[None, :]                                      # b_C  (1, BK | 1)
+        dq *= exp_nonpositive(tl.cumsum(g, axis=0))                              # e^{b}
+        dk *= exp_nonpositive(gate_suffix(g_ptr, rows, end, h, H, K, rk, GATE))  # e^{b_C - b}
         # gradient of b_C: sum_v S_{n+1} dS_n  (1, BK)
         last = s_dot_ds[None, :] * exp_nonpositive(b_last) + tl.sum(k * dk, axis=0)[None, :]
-    # 2. intra-chunk terms
+    # 2. intra-chunk terms, the pairs s < t (s = t after step 3)
+    da_diag = tl.load(da_ptr + (rows.to(tl.int64) * H + h) * C + cols, mask=rows < end, other=0.0)
     if GATE == 2:
         dq += load_rows(dq_intra_ptr, rows, end, h, H, K, rk)
         dk += load_rows(dk_intra_ptr, rows, end, h, H, K, rk)
     else:
-        da = load_rows(da_ptr, rows, end, h, H, C, cols)
+        da = tl.where(cols[None, :] < cols[:, None], load_rows(da_ptr, rows, end, h, H, C, cols), 0.0)
         if GATE == 1:
-            b1 = tl.load(b_ptr + rows.to(tl.int64) * H + h, mask=rows < end, other=0.0)
-            da *= exp_nonpositive(b1[:, None] - b1[None, :])
+            g1 = tl.load(g_ptr + rows.to(tl.int64) * H + h, mask=rows < end, other=0.0).to(tl.float32)
+            da *= exp_nonpositive(segment_sums(g1, C))                               # e^{b_t - b_s}
         dq += tl.dot(da, k, input_precision=PREC)
         dk += tl.dot(tl.trans(da), q, input_precision=PREC)
     # 3. gate gradient: reverse cumulative sum of db inside the chunk
@@ -163,21 +181,24 @@ def _dqk_kernel(q_ptr, k_ptr, v_ptr, do_ptr, b_ptr, da_ptr, states_ptr, dstates_
             dg = tl.cumsum(db, axis=0, reverse=True)
             offs = (rows[:, None].to(tl.int64) * H + h) * K + rk[None, :]
             tl.store(dg_ptr + offs, dg, mask=(rows[:, None] < end) & (rk[None, :] < K))
+    dq += da_diag[:, None] * k
+    dk += da_diag[:, None] * q
     offs = (rows[:, None].to(tl.int64) * H + h) * K + rk[None, :]
     mask = (rows[:, None] < end) & (rk[None, :] < K)
     tl.store(dq_ptr + offs, (dq * scale).to(dq_ptr.dtype.element_ty), mask=mask)
     tl.store(dk_ptr + offs, dk.to(dk_ptr.dtype.element_ty), mask=mask)
 
 
-def chunk_backward(q, k, v, b, a, do, states, dstates, layout: ChunkLayout, *, scale, prec="ieee"):
-    """dq, dk ``[T_total, H, K]`` (q's dtype), dv ``[T_total, H, V]`` and dg (float32, b's shape, or None).
+def chunk_backward(q, k, v, g, a, do, states, dstates, layout: ChunkLayout, *, scale, prec="ieee"):
+    """dq, dk ``[T_total, H, K]`` (q's dtype), dv ``[T_total, H, V]`` and dg (float32, g's shape, or None).
 
-    a: the forward's scores ``[T_total, H, C]``; states: entering states ``[NT, H, K, V]``;
+    g: the log gate (None, ``[T_total, H]`` or ``[T_total, H, K]``); a: the forward's scores
+    ``[T_total, H, C]``; states: entering states ``[NT, H, K, V]``;
     dstates: gradients of the states leaving each chunk ``[NT, H, K, V]`` (reverse state pass).
     """
     T_total, H, K = q.shape
     V = v.shape[-1]
-    C, NT, gate = layout.chunk_size, layout.num_chunks, _gate(b)
+    C, NT, gate = layout.chunk_size, layout.num_chunks, _gate(g)
     BK, BV = tile(K), tile(V)
     BK_QK = tile(K, 32)                 # dq, dk, q, k, dA tiles live together: 32 keeps them in registers
     NK = triton.cdiv(K, BK_QK)
@@ -185,14 +206,14 @@ def chunk_backward(q, k, v, b, a, do, states, dstates, layout: ChunkLayout, *, s
     da = torch.empty(T_total, H, C, dtype=torch.float32, device=q.device)
     _dscores_kernel[(NT, H)](do, v, da, *chunks, H, V, C=C, BV=BV, PREC=prec)
     dv = torch.empty_like(v)
-    b_arg = q if b is None else b
-    _dv_kernel[(NT, triton.cdiv(V, BV), H)](k, b_arg, a, do, dstates, dv, *chunks, H, K, V,
+    g_arg = q if g is None else g
+    _dv_kernel[(NT, triton.cdiv(V, BV), H)](k, g_arg, a, do, dstates, dv, *chunks, H, K, V,
                                             C=C, BK=BK, BV=BV, GATE=gate, PREC=prec, num_warps=NUM_WARPS)
     dq_intra = dk_intra = da
     if gate == 2:
         dq_intra, dk_intra = (torch.empty(T_total, H, K, dtype=torch.float32, device=q.device) for _ in range(2))
         BKd = tile(K, 32)                      # (S, S, BK) pairwise tiles: keep them register-sized
-        _intra_diagonal_kernel[(NT, triton.cdiv(K, BKd), H)](q, k, b, da, dq_intra, dk_intra, *chunks, scale,
+        _intra_diagonal_kernel[(NT, triton.cdiv(K, BKd), H)](q, k, g, da, dq_intra, dk_intra, *chunks, scale,
                                                              H, K, C=C, S=min(C, SUB_BLOCK), BK=BKd, PREC=prec)
     dq, dk = torch.empty_like(q), torch.empty_like(k)
     dg = None
@@ -200,7 +221,7 @@ def chunk_backward(q, k, v, b, a, do, states, dstates, layout: ChunkLayout, *, s
         dg = torch.empty(NK, T_total, H, dtype=torch.float32, device=q.device)
     elif gate == 2:
         dg = torch.empty(T_total, H, K, dtype=torch.float32, device=q.device)
-    _dqk_kernel[(NT, NK, H)](q, k, v, do, b_arg, da, states, dstates, dq_intra, dk_intra, dq, dk,
+    _dqk_kernel[(NT, NK, H)](q, k, v, do, g_arg, da, states, dstates, dq_intra, dk_intra, dq, dk,
                              q if dg is None else dg, *chunks, scale, T_total, H, K, V,
                              C=C, BK=BK_QK, BV=BV, GATE=gate, PREC=prec, num_warps=NUM_WARPS)
     if gate == 1:

@@ -10,7 +10,8 @@ notation of ``triton_fwd.py``; the same algebra as the hand-written backward of 
             dP = dO V_new^T,  d(Q e^{b_tok}) = dO S^T,  dW = -dV_new S^T,  d(K e^{b_L-b}) = V_new dS^T
             [dU | dW] back through the inverse: d_rhs = T_inv^T [dV_new | dW],
             -dA = strictly_lower(d_rhs [U | W]^T), then dq, dk, dv, dbeta and the gate's
-            gradient through every place b entered (reverse cumulative sums over rows and tokens).
+            gradient through every place b entered (reverse cumulative sums over rows and tokens),
+            fed the decays of the forward (sums of gates over the rows they span, never differences).
 """
 
 from __future__ import annotations
@@ -60,11 +61,11 @@ def _dstate_kernel(q_ptr, k_ptr, g_ptr, w_ptr, do_ptr, dvnew_ptr, dh_ptr, dht_pt
         row0, n_rows = t0 * R, n_tok * R
         dh_offs, _ = state_offsets(first + j, H, h, K, V, v0, BK, BV)
         tl.store(dh_ptr + dh_offs, dS, mask=mask)
-        b, b_tok, b_last = chunk_gates(g_ptr, t0, n_tok, H, h, R, BL, BC, HAS_G)
+        _, _, _, b_tok, b_out, b_last = chunk_gates(g_ptr, t0, n_tok, H, h, R, BL, BC, HAS_G)
         q = load_tile(q_ptr, t0, n_tok, H, h, K, 0, BC, BK) * scale
         k = load_tile(k_ptr, row0, n_rows, H, h, K, 0, BL, BK)
         d_o = load_tile(do_ptr, t0, n_tok, H, h, V, v0, BC, BV)
-        k_out = k * tl.exp(b_last - b)[:, None]
+        k_out = k * tl.exp(b_out)[:, None]
         d_v_new = load_tile(dvnew_ptr, row0, n_rows, H, h, V, v0, BL, BV)
         d_v_new += tl.dot(k_out, dS, input_precision=DOT)
         store_tile(dvnew_ptr, d_v_new, row0, n_rows, H, h, V, v0, BL, BV)
@@ -92,7 +93,7 @@ def _grad_kernel(q_ptr, k_ptr, v_ptr, beta_ptr, g_ptr, ti_ptr, w_ptr, u_ptr, h_p
     pid, h = tl.program_id(0), tl.program_id(1)
     t0, n_tok = chunk_tokens(cu_ptr, index_ptr, pid, C)
     row0, n_rows = t0 * R, n_tok * R
-    b, b_tok, b_last = chunk_gates(g_ptr, t0, n_tok, H, h, R, BL, BC, HAS_G)
+    g_rows, g_tok, b, b_tok, b_out, b_last = chunk_gates(g_ptr, t0, n_tok, H, h, R, BL, BC, HAS_G)
     r = tl.arange(0, BL)
     t_inv = tl.load(ti_ptr + (pid.to(tl.int64) * H + h) * BL * BL + r[:, None] * BL + r[None, :])
     beta = load_vector(beta_ptr, row0, n_rows, H, h, BL)
@@ -127,15 +128,15 @@ def _grad_kernel(q_ptr, k_ptr, v_ptr, beta_ptr, g_ptr, ti_ptr, w_ptr, u_ptr, h_p
     d_rhs_k = tl.dot(tl.trans(t_inv), d_w, input_precision=DOT)
     minus_d_A += tl.dot(d_rhs_k, tl.trans(w), input_precision=DOT)
     minus_d_A = tl.where(r[:, None] > r[None, :], minus_d_A, 0.0)
-    gamma = row_decay(b, BL)
+    gamma = row_decay(g_rows, BL)
     minus_d_kk = minus_d_A * gamma
     q = load_tile(q_ptr, t0, n_tok, H, h, K, 0, BC, BK) * scale
     k = load_tile(k_ptr, row0, n_rows, H, h, K, 0, BL, BK)
     kbeta = k * beta[:, None]
     e_in = tl.exp(b)
-    e_out = tl.exp(b_last - b)
+    e_out = tl.exp(b_out)
     e_read = tl.exp(b_tok)
-    p, gamma_read = read_scores(q, k, b, b_tok, R, BL, BC, DOT)
+    p, gamma_read = read_scores(q, k, g_tok, R, BL, BC, DOT)
     d_kbeta = d_rhs_k * e_in[:, None] - tl.dot(minus_d_kk, k, input_precision=DOT)
     d_qk = d_scores * gamma_read
     d_k = d_kbeta * beta[:, None] + d_k_out * e_out[:, None]
@@ -150,13 +151,16 @@ def _grad_kernel(q_ptr, k_ptr, v_ptr, beta_ptr, g_ptr, ti_ptr, w_ptr, u_ptr, h_p
     if HAS_G:
         A = tl.dot(kbeta, tl.trans(k), input_precision=DOT) * gamma
         E = tl.where(r[:, None] > r[None, :], -A * minus_d_A, 0.0)      # dL/d(b_t - b_s) in A
-        E_read = p * d_scores                                           # and in P
+        # and in P, but for s = token c's read row: exponent 0 whatever the gates, so no gradient;
+        # left in, the term would cancel between d_b_tok and d_b (costing dg float32 digits, as
+        # segsum.pair_grad explains)
+        c = tl.arange(0, BC)
+        E_read = tl.where(r[None, :] != (c * R + R - 1)[:, None], p * d_scores, 0.0)
         from_k_out = tl.sum(d_k_out * k * e_out[:, None], 1)
         d_b = tl.sum(E, 1) - tl.sum(E, 0) - tl.sum(E_read, 0) - from_k_out
         d_b += tl.sum(d_rhs_k * kbeta, 1) * e_in
         d_b += tl.where(r == BL - 1, tl.sum(from_k_out, 0) + tl.sum(from_decay, 0) * tl.exp(b_last), 0.0)
         d_b_tok = tl.sum(E_read, 1) + tl.sum(d_q_in * q * e_read[:, None], 1)
-        c = tl.arange(0, BC)
         d_rows = reverse_cumsum(d_b, BL)                                # gate rows are c * R
         d_g = reverse_cumsum(d_b_tok, BC)
         d_g += tl.sum(tl.where(r[None, :] == (c * R)[:, None], d_rows[None, :], 0.0), 1)

@@ -13,9 +13,16 @@ padding rows load as zeros: no write, no decay). Inside a chunk (row r, token c,
     3. V_new = U - W S;   S' = e^{b_L} S + (K e^{b_L - b})^T V_new          (sequential over chunks)
     4. O = (Q e^{b_tok}) S + ((Q K^T) * Gamma_read) V_new
 
+Every exponent between two rows (b_t - b_s in Gamma and Gamma_read, b_L - b) is a sum of the
+gates over the rows it spans, never a difference of cumulative sums (ops/segsum.py): after one
+strong decay (g = -1e4) b has absorbed the small gates that follow it, and after g = -inf the
+difference is NaN. Extra work against that form, per chunk: the segment sums of ``row_decay`` and
+``read_scores`` (a cumulative sum over a [BL, BL] / [BC, BL] tile: O(BL^2) adds, against the
+O(BL^2 K) of the products they weight) and the suffix sums b_out (one [BL] reverse cumulative sum).
+
 Kernels: ``_prep_kernel`` (steps 1-2, grid chunks x H), ``_state_kernel`` (step 3, grid V tiles x
 sequences * H, a loop over the chunks), ``_output_kernel`` (step 4, grid V tiles x chunks x H).
-Every exponent is <= 0 (differences are masked to -inf before exp), so no decay overflows.
+Every exponent is a sum of gates <= 0, so no decay overflows.
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ..shared.triton import chunk_bounds
+from ..shared.triton import chunk_bounds, segment_sums
 
 # The matrix that is inverted is always built in full fp32 (the triangular solve amplifies its
 # errors when beta approaches 2); every other product uses the DOT precision the launcher picks:
@@ -81,38 +88,46 @@ def state_offsets(index, H, h, K, V, col0, BK: tl.constexpr, BV: tl.constexpr):
 @triton.jit
 def chunk_gates(g_ptr, t0, n_tok, H, h, R: tl.constexpr, BL: tl.constexpr, BC: tl.constexpr,
                 HAS_G: tl.constexpr):
-    """Step 1: b [BL] (cumulative log-decay over rows), b_tok [BC] (b at each token's read row,
-    i.e. the cumulative gate over tokens) and b_L (the chunk total); all zero without a gate."""
+    """Step 1, all zero without a gate: the gates g_rows [BL] (each token's on its first row) and
+    g_tok [BC]; b [BL] (cumulative log-decay over rows), b_tok [BC] (b at each token's read row, i.e.
+    the cumulative gate over tokens), b_out [BL] (b_L - b as a suffix sum: the gates of the rows after
+    each row) and b_L (the chunk total)."""
     r = tl.arange(0, BL)
     c = tl.arange(0, BC)
     g_rows = tl.zeros([BL], dtype=tl.float32)
     g_tok = tl.zeros([BC], dtype=tl.float32)
+    g_next = tl.zeros([BL], dtype=tl.float32)
     if HAS_G:
         first = (r % R == 0) & (r < n_tok * R)
         g_rows = tl.load(g_ptr + (t0 + r // R) * H + h, mask=first, other=0.0).to(tl.float32)
         g_tok = tl.load(g_ptr + (t0 + c) * H + h, mask=c < n_tok, other=0.0).to(tl.float32)
+        nxt = ((r + 1) % R == 0) & (r + 1 < n_tok * R)                        # row r + 1 is a first row
+        g_next = tl.load(g_ptr + (t0 + (r + 1) // R) * H + h, mask=nxt, other=0.0).to(tl.float32)
     b = tl.cumsum(g_rows, 0)
     b_tok = tl.cumsum(g_tok, 0)
+    b_out = tl.cumsum(g_next, 0, reverse=True)
     b_last = tl.sum(tl.where(r == BL - 1, b, 0.0), 0)   # padding rows carry no gate: b[BL-1] = b_L
-    return b, b_tok, b_last
+    return g_rows, g_tok, b, b_tok, b_out, b_last
 
 
 @triton.jit
-def row_decay(b, BL: tl.constexpr):
-    """Gamma [BL, BL]: exp(b_t - b_s) for s <= t, else 0 (masked before exp: never overflows)."""
+def row_decay(g_rows, BL: tl.constexpr):
+    """Gamma [BL, BL]: exp(b_t - b_s) = exp(sum of g_rows over (s, t]) for s <= t, else 0."""
     r = tl.arange(0, BL)
-    return tl.exp(tl.where(r[:, None] >= r[None, :], b[:, None] - b[None, :], float("-inf")))
+    return tl.where(r[:, None] >= r[None, :], tl.exp(segment_sums(g_rows, BL)), 0.0)
 
 
 @triton.jit
-def read_scores(q, k, b, b_tok, R: tl.constexpr, BL: tl.constexpr, BC: tl.constexpr,
+def read_scores(q, k, g_tok, R: tl.constexpr, BL: tl.constexpr, BC: tl.constexpr,
                 DOT: tl.constexpr):
     """Step 4's intra-chunk scores P = (Q K^T) * Gamma_read [BC, BL] and Gamma_read itself:
-    token c sees rows s <= c*R + R - 1 with decay exp(b_tok_c - b_s)."""
+    token c sees rows s <= c*R + R - 1 with decay exp(b_tok_c - b_s), the gates of the tokens
+    after row s's own up to c: a cumulative sum over tokens (rows of [u, s] = g_u for u > s // R)."""
     c = tl.arange(0, BC)
     s = tl.arange(0, BL)
     seen = s[None, :] <= (c * R + R - 1)[:, None]
-    gamma = tl.exp(tl.where(seen, b_tok[:, None] - b[None, :], float("-inf")))
+    log_decay = tl.cumsum(tl.where(c[:, None] > (s // R)[None, :], g_tok[:, None], 0.0), axis=0)
+    gamma = tl.where(seen, tl.exp(log_decay), 0.0)
     return tl.dot(q, tl.trans(k), input_precision=DOT) * gamma, gamma
 
 
@@ -140,13 +155,13 @@ def _prep_kernel(k_ptr, v_ptr, beta_ptr, g_ptr, ti_ptr, w_ptr, u_ptr, cu_ptr, in
     t0, n_tok = chunk_tokens(cu_ptr, index_ptr, pid, C)
     row0, n_rows = t0 * R, n_tok * R
     # 1. gates
-    b, _, _ = chunk_gates(g_ptr, t0, n_tok, H, h, R, BL, BC, HAS_G)
+    g_rows, _, b, _, _, _ = chunk_gates(g_ptr, t0, n_tok, H, h, R, BL, BC, HAS_G)
     # 2. UT transform
     k = load_tile(k_ptr, row0, n_rows, H, h, K, 0, BL, BK)
     beta = load_vector(beta_ptr, row0, n_rows, H, h, BL)
     r = tl.arange(0, BL)
     kk = tl.dot(k, tl.trans(k), input_precision=EXACT)
-    A = tl.where(r[:, None] > r[None, :], beta[:, None] * kk * row_decay(b, BL), 0.0)
+    A = tl.where(r[:, None] > r[None, :], beta[:, None] * kk * row_decay(g_rows, BL), 0.0)
     t_inv = unit_lower_inverse(A, BL)
     tl.store(ti_ptr + (pid.to(tl.int64) * H + h) * BL * BL + r[:, None] * BL + r[None, :], t_inv)
     w = tl.dot(t_inv, k * (beta * tl.exp(b))[:, None], input_precision=DOT)
@@ -180,12 +195,12 @@ def _state_kernel(k_ptr, g_ptr, w_ptr, u_ptr, h0_ptr, h_ptr, vnew_ptr, ht_ptr, c
         row0, n_rows = t0 * R, n_tok * R
         h_offs, _ = state_offsets(first + j, H, h, K, V, v0, BK, BV)
         tl.store(h_ptr + h_offs, S, mask=mask)
-        b, _, b_last = chunk_gates(g_ptr, t0, n_tok, H, h, R, BL, BC, HAS_G)
+        _, _, _, _, b_out, b_last = chunk_gates(g_ptr, t0, n_tok, H, h, R, BL, BC, HAS_G)
         w = load_tile(w_ptr, row0, n_rows, H, h, K, 0, BL, BK)
         u = load_tile(u_ptr, row0, n_rows, H, h, V, v0, BL, BV)
         v_new = u - tl.dot(w, S, input_precision=DOT)
         store_tile(vnew_ptr, v_new, row0, n_rows, H, h, V, v0, BL, BV)
-        k_out = load_tile(k_ptr, row0, n_rows, H, h, K, 0, BL, BK) * tl.exp(b_last - b)[:, None]
+        k_out = load_tile(k_ptr, row0, n_rows, H, h, K, 0, BL, BK) * tl.exp(b_out)[:, None]
         S = S * tl.exp(b_last) + tl.dot(tl.trans(k_out), v_new, input_precision=DOT)
     tl.store(ht_ptr + offs, S, mask=mask)
 
@@ -200,10 +215,10 @@ def read_chunk(q_ptr, k_ptr, g_ptr, cu_ptr, index_ptr, scale, H, K, C: tl.conste
     v0 = vt * BV
     t0, n_tok = chunk_tokens(cu_ptr, index_ptr, pid, C)
     row0, n_rows = t0 * R, n_tok * R
-    b, b_tok, _ = chunk_gates(g_ptr, t0, n_tok, H, h, R, BL, BC, HAS_G)
+    _, g_tok, _, b_tok, _, _ = chunk_gates(g_ptr, t0, n_tok, H, h, R, BL, BC, HAS_G)
     q = load_tile(q_ptr, t0, n_tok, H, h, K, 0, BC, BK) * scale
     k = load_tile(k_ptr, row0, n_rows, H, h, K, 0, BL, BK)
-    p, _ = read_scores(q, k, b, b_tok, R, BL, BC, DOT)
+    p, _ = read_scores(q, k, g_tok, R, BL, BC, DOT)
     return pid, h, v0, t0, n_tok, row0, n_rows, q, b_tok, p
 
 

@@ -150,7 +150,7 @@ def token_max_state(b, logw, m_in, STABILISE: tl.constexpr):
     if STABILISE:
         m_t = tl.maximum(b + m_in, tl.max(logw, axis=1))
     else:
-        m_t = b * 0.0
+        m_t = tl.zeros_like(b)                        # not b * 0: b is -inf after a full forget
     return m_t
 
 

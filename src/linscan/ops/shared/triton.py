@@ -10,10 +10,15 @@ Conventions every kernel here (and its callers) follow:
   global chunk ``i`` is chunk ``j`` of sequence ``n``, and sequence ``n`` owns
   the global chunks ``chunk_offsets[n] .. chunk_offsets[n + 1] - 1``.
 - Per-chunk tensors (writes, states) are ``[NT, H, K, V]`` float32, NT = total chunks.
-- Log gates are natural logs, ``<= 0``; ``b`` denotes their chunk-local
+- Log gates g are natural logs, ``<= 0``; ``b`` denotes their chunk-local
   cumulative sum (MATH.md section 1, step 1), float32, ``[T_total, H]`` (scalar
   gate) or ``[T_total, H, K]`` (diagonal gate); the decay of a whole chunk is
   ``exp(b)`` at its last token.
+- Decays between two tokens of a chunk are sums of g over the tokens they span
+  (``segment_sums``, ``gate_suffix``; ops/segsum.py), never differences b_t - b_s:
+  after one strong decay (g = -1e4) b has lost the small g that follow it, and
+  after g = -inf the difference is NaN. Prefixes b_t and the chunk total are
+  sums already.
 
 Contents, in the order the chunkwise algorithm uses them:
 
@@ -21,6 +26,7 @@ Contents, in the order the chunkwise algorithm uses them:
     chunk_bounds (jit)                           (sequence, first token, end) of a chunk, in a kernel
     tile, chunk_length, dot_precision            launch helpers
     load_rows, load_gate, exp_nonpositive (jit)  tile loads shared by the kernels
+    segment_sums, gate_suffix (jit)              in-chunk log-decays as sums of g
     chunk_cumsum                                 1. chunk-local (reverse) cumulative sum of log gates
     state_passing                                2. X_{n+1} = exp(b_last,n) X_n + U_n across chunks
                                                     (forward: states; reverse: their gradients)
@@ -236,17 +242,17 @@ def load_rows(ptr, rows, end, h, H, D, cols):
 
 
 @triton.jit
-def load_gate(b_ptr, rows, end, h, H, K, cols, GATE: tl.constexpr):
-    """Chunk-local log gate at ``rows`` as a tile that broadcasts against ``[R, BK]``:
-    ``[R, BK]`` (diagonal gate ``[T_total, H, K]``), ``[R, 1]`` (scalar ``[T_total, H]``),
+def load_gate(g_ptr, rows, end, h, H, K, cols, GATE: tl.constexpr):
+    """Log gate (or its chunk-local cumsum) at ``rows`` as a float32 tile that broadcasts against
+    ``[R, BK]``: ``[R, BK]`` (diagonal gate ``[T_total, H, K]``), ``[R, 1]`` (scalar ``[T_total, H]``),
     zeros ``[R, 1]`` (no gate). Zero where rows >= end."""
     if GATE == 2:
-        b = load_rows(b_ptr, rows, end, h, H, K, cols)
+        g = load_rows(g_ptr, rows, end, h, H, K, cols)
     elif GATE == 1:
-        b = load_rows(b_ptr, rows, end, h, H, 1, tl.arange(0, 1))
+        g = load_rows(g_ptr, rows, end, h, H, 1, tl.arange(0, 1))
     else:
-        b = (rows[:, None] * 0).to(tl.float32)
-    return b
+        g = (rows[:, None] * 0).to(tl.float32)
+    return g
 
 
 @triton.jit
@@ -254,3 +260,24 @@ def exp_nonpositive(x):
     """exp(min(x, 0)): every exponent of the chunkwise forms is <= 0 mathematically; the clamp
     keeps masked (padding, non-causal) entries at <= 1 instead of inf (inf * 0 = nan)."""
     return tl.exp(tl.minimum(x, 0.0))
+
+
+# ----------------------------------------------------------------------------- in-chunk log-decays
+
+@triton.jit
+def segment_sums(g, C: tl.constexpr):
+    """``[t, s] = g_{s+1} + ... + g_t`` for s < t, 0 for s >= t, from ``g [C]``: the log-decays
+    between the tokens of a chunk (ops/segsum.py ``decay_matrix``). The sums run down the columns of
+    ``[r, s] = g_r (r > s)``: terms of one sign, so no cancellation (and -inf stays -inf, no NaN).
+    O(C^2) adds per call, against the O(C^2 K) of the scores they weight."""
+    o = tl.arange(0, C)
+    return tl.cumsum(tl.where(o[:, None] > o[None, :], g[:, None], 0.0), axis=0)
+
+
+@triton.jit
+def gate_suffix(g_ptr, rows, stop, h, H, K, cols, GATE: tl.constexpr):
+    """``g_{s+1} + ... + g_{stop-1}`` at every s of the consecutive ``rows``: the log-decay from
+    token s to token stop - 1 (stop = end: to the chunk's last token), a reverse cumulative sum of
+    g shifted by one token (``b_last - b`` would cancel). 0 where s >= stop - 1. Broadcasts like
+    :func:`load_gate`; ``stop`` must not pass the chunk's end."""
+    return tl.cumsum(load_gate(g_ptr, rows + 1, stop, h, H, K, cols, GATE), axis=0, reverse=True)
