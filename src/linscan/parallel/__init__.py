@@ -1,0 +1,17 @@
+"""Sequence parallelism (LASP-2, MATH.md section 7) on torch.distributed.
+
+One sequence split across the ranks of a process group: rank r holds tokens
+``[r T/W, (r+1) T/W)`` and the ranks exchange only per-rank state summaries, whose size
+does not depend on T (softmax attention, LASP-2H, gathers K and V instead).
+
+    from linscan.parallel import decay_scan, delta_scan
+    o, state = delta_scan(q, k, v, beta, g, output_final_state=True)   # q, k, v: this rank's slice
+
+Each op takes the arguments of its single-device counterpart in ``linscan.ops`` plus
+``group=None`` (the world).
+"""
+
+from .decay import decay_scan
+from .delta import delta_scan
+
+__all__ = ["decay_scan", "delta_scan"]
