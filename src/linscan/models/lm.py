@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..nn import RMSNorm, SwiGLU, init_weights
+from ..nn import RMSNorm, SwiGLU, init_weights, sequence
 from ..nn.mixers import MIXERS
 from .config import LinscanConfig
 
@@ -87,6 +87,7 @@ class LinscanForCausalLM(nn.Module):
     def forward(self, input_ids, state=None, cu_seqlens=None, labels=None) -> CausalLMOutput:
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids: expected shape [B, T], got {list(input_ids.shape)}")
+        sequence.refuse_state(self, state, cu_seqlens)
         state = state if state is not None else [None] * len(self.blocks)
         x = self.embed_tokens(input_ids)                              # (B, T, D)
         new_state = []
@@ -94,6 +95,8 @@ class LinscanForCausalLM(nn.Module):
             x, layer_state = block(x, layer_state, cu_seqlens)
             new_state.append(layer_state)
         logits = self.head(self.norm(x))                              # (B, T, vocab)
+        if sequence.group_of(self) is not None:
+            new_state = None          # per-rank slices of caches: nothing a decode could continue from
         loss = None
         if labels is not None:
             loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..ops import varlen
+from . import sequence
 
 
 class ShortConv(nn.Module):
@@ -44,6 +45,8 @@ class ShortConv(nn.Module):
             # padding sits after each sequence's end, so a causal kernel never reads it
             xs, lengths = varlen.pad(x, cu_seqlens), cu_seqlens[1:] - cu_seqlens[:-1]  # (N, T_max, D)
         N, W = xs.shape[0], self.kernel_size
+        if state is None and sequence.group_of(self) is not None:
+            state = self._halo(x)                                  # the previous rank's last inputs
         if state is None:
             state = xs.new_zeros(N, D, W - 1)
         full = torch.cat([state.to(xs.dtype), xs.transpose(1, 2)], dim=2)  # (N, D, W - 1 + T)
@@ -61,3 +64,13 @@ class ShortConv(nn.Module):
         if cu_seqlens is not None:
             y = varlen.unpad(y, cu_seqlens)  # (1, T, D)
         return y, new_state
+
+    def _halo(self, x: torch.Tensor) -> torch.Tensor:
+        """Under sequence parallelism: the previous rank's last W - 1 inputs ``[B, D, W - 1]``."""
+        from ..parallel.halo import previous_tail
+
+        n = self.kernel_size - 1
+        if x.shape[1] < n:
+            raise ValueError(f"x: expected at least kernel_size - 1 = {n} tokens per rank under sequence "
+                             f"parallelism, got {x.shape[1]}")
+        return previous_tail(x[:, x.shape[1] - n:], sequence.group_of(self)).transpose(1, 2)

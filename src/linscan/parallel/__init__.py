@@ -8,10 +8,11 @@ does not depend on T (softmax attention, LASP-2H, gathers K and V instead).
     o, state = delta_scan(q, k, v, beta, g, output_final_state=True)   # q, k, v: this rank's slice
 
 Each op takes the arguments of its single-device counterpart in ``linscan.ops`` plus
-``group=None`` (the world).
+``group=None`` (the world). ``sequence_parallel(model, group)`` makes a whole model run so.
 """
 
 from .decay import decay_scan
 from .delta import delta_scan
+from .model import sequence_parallel
 
-__all__ = ["decay_scan", "delta_scan"]
+__all__ = ["decay_scan", "delta_scan", "sequence_parallel"]

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import sequence
 from ..rotary import RotaryEmbedding, token_positions
 
 
@@ -45,6 +46,7 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, state: dict | None = None, cu_seqlens: torch.Tensor | None = None):
         """x ``[B, T, d_model]`` -> ``(y [B, T, d_model], new_state)``; see the class docstring."""
+        sequence.refuse_state(self, state, cu_seqlens)
         B, T, _ = x.shape
         H, D, dev = self.n_heads, self.head_dim, x.device
         cu = torch.arange(B + 1, device=dev) * T if cu_seqlens is None else cu_seqlens.long()
@@ -53,10 +55,13 @@ class Attention(nn.Module):
             state = {"k": x.new_zeros(N, 0, H, D), "v": x.new_zeros(N, 0, H, D),
                      "pos": torch.zeros(N, dtype=torch.long, device=dev)}
         pos0 = state["pos"]
-        qpos = token_positions(pos0, B, T, cu_seqlens, device=dev)  # (B, T)
+        qpos = token_positions(pos0, B, T, cu_seqlens, device=dev) + sequence.offset(self, T)  # (B, T)
         q = self.rotary(self.q_proj(x).view(B, T, H, D), qpos)  # (B, T, H, D)
         k = self.rotary(self.k_proj(x).view(B, T, H, D), qpos)  # (B, T, H, D)
         v = self.v_proj(x).view(B, T, H, D)  # (B, T, H, D)
+        if sequence.group_of(self) is not None:  # LASP-2H: keys and values gathered from every rank
+            o = sequence.op(self, "attention", None)(q, k, v, window=self.window)  # (B, T, H, D)
+            return self.o_proj(o.reshape(B, T, H * D)), None
         if state["k"].shape[1] == 0 and cu_seqlens is None and self.window is None:
             o = F.scaled_dot_product_attention(*(t.transpose(1, 2) for t in (q, k, v)), is_causal=True)
         else:

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...ops import delta_scan
+from .. import sequence
 from ..conv import ShortConv
 from ..norms import GatedRMSNorm, RMSNorm
 
@@ -73,6 +74,7 @@ class DeltaNet(nn.Module):
 
     def forward(self, x: torch.Tensor, state: dict | None = None, cu_seqlens: torch.Tensor | None = None):
         """x ``[B, T, d_model]`` -> ``(y [B, T, d_model], new_state)``; see the class docstring."""
+        sequence.refuse_state(self, state, cu_seqlens)
         B, T, _ = x.shape
         H, K, V, R = self.n_heads, self.head_dim, self.value_dim, self.n_householder
         q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
@@ -97,8 +99,9 @@ class DeltaNet(nn.Module):
         if self.gated:
             dt = F.softplus(self.a_proj(x).to(f32) + self.dt_bias.to(f32))  # (B, T, H)
             g = -self.A_log.to(f32).exp() * dt  # (B, T, H)
-        o, S = delta_scan(q, k, v, beta, g, initial_state=None if state is None else state["S"],
-                          output_final_state=True, cu_seqlens=cu_seqlens)
+        scan = sequence.op(self, "delta_scan", delta_scan)  # linscan.parallel.delta_scan under SP
+        o, S = scan(q, k, v, beta, g, initial_state=None if state is None else state["S"],
+                    output_final_state=True, cu_seqlens=cu_seqlens)
         if self.use_output_gate:
             o = self.norm(o, self.g_proj(x).view(B, T, H, V))  # (B, T, H, V)
         else:

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...ops import decay_scan
+from .. import sequence
 from ..norms import GatedRMSNorm
 
 
@@ -45,6 +46,7 @@ class GLA(nn.Module):
 
     def forward(self, x: torch.Tensor, state: dict | None = None, cu_seqlens: torch.Tensor | None = None):
         """x ``[B, T, d_model]`` -> ``(y [B, T, d_model], new_state)``; see the class docstring."""
+        sequence.refuse_state(self, state, cu_seqlens)
         B, T, _ = x.shape
         H, K, V = self.n_heads, self.head_dim, self.value_dim
         q = self.q_proj(x).view(B, T, H, K)  # (B, T, H, K)
@@ -52,7 +54,8 @@ class GLA(nn.Module):
         v = self.v_proj(x).view(B, T, H, V)  # (B, T, H, V)
         gate = self.gk_proj(x).to(torch.promote_types(x.dtype, torch.float32))  # gates in >= float32
         g = F.logsigmoid(gate).view(B, T, H, K) / self.gate_normalizer  # (B, T, H, K)
-        o, S = decay_scan(q, k, v, g, initial_state=None if state is None else state["S"],
-                          output_final_state=True, cu_seqlens=cu_seqlens)
+        scan = sequence.op(self, "decay_scan", decay_scan)  # linscan.parallel.decay_scan under SP
+        o, S = scan(q, k, v, g, initial_state=None if state is None else state["S"],
+                    output_final_state=True, cu_seqlens=cu_seqlens)
         o = self.norm(o, self.g_proj(x).view(B, T, H, V))  # (B, T, H, V)
         return self.o_proj(o.reshape(B, T, H * V)), {"S": S}

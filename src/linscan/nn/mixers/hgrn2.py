@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...ops import decay_scan
+from .. import sequence
 from ..init import keep_init
 from ..norms import GatedRMSNorm
 
@@ -54,6 +55,7 @@ class HGRN2(nn.Module):
 
     def forward(self, x: torch.Tensor, state: dict | None = None, cu_seqlens: torch.Tensor | None = None):
         """x ``[B, T, d_model]`` -> ``(y [B, T, d_model], new_state)``; see the class docstring."""
+        sequence.refuse_state(self, state, cu_seqlens)
         B, T, _ = x.shape
         H, K, V, lb = self.n_heads, self.head_dim, self.value_dim, self.lower_bound
         q = F.silu(self.q_proj(x)).view(B, T, H, K)  # (B, T, H, K)
@@ -63,7 +65,8 @@ class HGRN2(nn.Module):
         # log f = logsigmoid(z) for lb = 0; the clamp removes a rounding excess above 0
         g = F.logsigmoid(z) if lb == 0 else torch.log(lb + (1 - lb) * torch.sigmoid(z)).clamp(max=0)
         v = self.i_proj(x).view(B, T, H, V)  # (B, T, H, V)
-        o, S = decay_scan(q, k, v, g, initial_state=None if state is None else state["S"],
-                          output_final_state=True, cu_seqlens=cu_seqlens)
+        scan = sequence.op(self, "decay_scan", decay_scan)  # linscan.parallel.decay_scan under SP
+        o, S = scan(q, k, v, g, initial_state=None if state is None else state["S"],
+                    output_final_state=True, cu_seqlens=cu_seqlens)
         o = self.norm(o, self.g_proj(x).view(B, T, H, V))  # (B, T, H, V)
         return self.o_proj(o.reshape(B, T, H * V)), {"S": S}

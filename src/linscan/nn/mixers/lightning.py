@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...ops import decay_scan
+from .. import sequence
 from ..norms import GatedRMSNorm
 
 
@@ -51,12 +52,14 @@ class Lightning(nn.Module):
 
     def forward(self, x: torch.Tensor, state: dict | None = None, cu_seqlens: torch.Tensor | None = None):
         """x ``[B, T, d_model]`` -> ``(y [B, T, d_model], new_state)``; see the class docstring."""
+        sequence.refuse_state(self, state, cu_seqlens)
         B, T, _ = x.shape
         H, D = self.n_heads, self.head_dim
         q = F.silu(self.q_proj(x)).view(B, T, H, D)  # (B, T, H, K)
         k = F.silu(self.k_proj(x)).view(B, T, H, D)  # (B, T, H, K)
         v = self.v_proj(x).view(B, T, H, D)  # (B, T, H, V)
-        o, S = decay_scan(q, k, v, self.log_decay, initial_state=None if state is None else state["S"],
-                          output_final_state=True, cu_seqlens=cu_seqlens)
+        scan = sequence.op(self, "decay_scan", decay_scan)  # linscan.parallel.decay_scan under SP
+        o, S = scan(q, k, v, self.log_decay, initial_state=None if state is None else state["S"],
+                    output_final_state=True, cu_seqlens=cu_seqlens)
         o = self.norm(o.reshape(B, T, H * D), self.g_proj(x))  # (B, T, H * V)
         return self.o_proj(o), {"S": S}

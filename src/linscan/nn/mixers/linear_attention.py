@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...ops import decay_scan
+from .. import sequence
 
 FEATURE_MAPS = {"elu": lambda x: F.elu(x) + 1, "relu": F.relu, "identity": lambda x: x}
 
@@ -43,6 +44,7 @@ class LinearAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, state: dict | None = None, cu_seqlens: torch.Tensor | None = None):
         """x ``[B, T, d_model]`` -> ``(y [B, T, d_model], new_state)``; see the class docstring."""
+        sequence.refuse_state(self, state, cu_seqlens)
         B, T, _ = x.shape
         H, D = self.n_heads, self.head_dim
         phi = FEATURE_MAPS[self.feature_map]
@@ -51,8 +53,9 @@ class LinearAttention(nn.Module):
         v = self.v_proj(x).view(B, T, H, D)  # (B, T, H, V)
         if self.normalize:
             v = torch.cat([v, torch.ones_like(v[..., :1])], dim=-1)  # (B, T, H, V + 1)
-        o, S = decay_scan(q, k, v, initial_state=None if state is None else state["S"],
-                          output_final_state=True, cu_seqlens=cu_seqlens)
+        scan = sequence.op(self, "decay_scan", decay_scan)  # linscan.parallel.decay_scan under SP
+        o, S = scan(q, k, v, initial_state=None if state is None else state["S"],
+                    output_final_state=True, cu_seqlens=cu_seqlens)
         if self.normalize:
             o = o[..., :D] / (o[..., D:] + self.eps)  # (B, T, H, V)
         return self.o_proj(o.reshape(B, T, H * D)), {"S": S}

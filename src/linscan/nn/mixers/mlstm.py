@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from ...ops import mlstm_scan
+from .. import sequence
 from ..conv import ShortConv
 from ..init import keep_init
 from ..norms import GatedRMSNorm
@@ -62,6 +63,7 @@ class MLSTM(nn.Module):
 
     def forward(self, x: torch.Tensor, state: dict | None = None, cu_seqlens: torch.Tensor | None = None):
         """x ``[B, T, d_model]`` -> ``(y [B, T, d_model], new_state)``; see the class docstring."""
+        sequence.refuse_state(self, state, cu_seqlens)
         B, T, _ = x.shape
         H, K, V = self.n_heads, self.head_dim, self.value_dim
         new_state = {}
@@ -73,9 +75,10 @@ class MLSTM(nn.Module):
         v = self.v_proj(x).view(B, T, H, V)  # (B, T, H, V)
         i, f = self.i_proj(x), self.f_proj(x)  # (B, T, H) each
         init = None if state is None else (state["C"], state["n"], state["m"])
-        h, (C, n, m) = mlstm_scan(q, k, v, i, f, input_gate=self.input_gate, normalize=self.normalize,
-                                  eps=self.eps, initial_state=init, output_final_state=True,
-                                  cu_seqlens=cu_seqlens)
+        scan = sequence.op(self, "mlstm_scan", mlstm_scan)  # linscan.parallel.mlstm_scan under SP
+        h, (C, n, m) = scan(q, k, v, i, f, input_gate=self.input_gate, normalize=self.normalize,
+                            eps=self.eps, initial_state=init, output_final_state=True,
+                            cu_seqlens=cu_seqlens)
         h = self.norm(h, self.z_proj(x).view(B, T, H, V))  # (B, T, H, V)
         new_state.update(C=C, n=n, m=m)
         return self.o_proj(h.reshape(B, T, H * V)), new_state

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from ...ops import decay_scan
+from .. import sequence
 from ..norms import GatedRMSNorm
 from ..rotary import RotaryEmbedding, token_positions
 
@@ -44,15 +45,17 @@ class RetNet(nn.Module):
 
     def forward(self, x: torch.Tensor, state: dict | None = None, cu_seqlens: torch.Tensor | None = None):
         """x ``[B, T, d_model]`` -> ``(y [B, T, d_model], new_state)``; see the class docstring."""
+        sequence.refuse_state(self, state, cu_seqlens)
         B, T, _ = x.shape
         H, K, V = self.n_heads, self.head_dim, self.value_dim
         offset = None if state is None else state["pos"]
-        pos = token_positions(offset, B, T, cu_seqlens, device=x.device)  # (B, T)
+        pos = token_positions(offset, B, T, cu_seqlens, device=x.device) + sequence.offset(self, T)  # (B, T)
         q = self.rotary(self.q_proj(x).view(B, T, H, K), pos)  # (B, T, H, K)
         k = self.rotary(self.k_proj(x).view(B, T, H, K), pos)  # (B, T, H, K)
         v = self.v_proj(x).view(B, T, H, V)  # (B, T, H, V)
-        o, S = decay_scan(q, k, v, self.log_decay, initial_state=None if state is None else state["S"],
-                          output_final_state=True, cu_seqlens=cu_seqlens)
+        scan = sequence.op(self, "decay_scan", decay_scan)  # linscan.parallel.decay_scan under SP
+        o, S = scan(q, k, v, self.log_decay, initial_state=None if state is None else state["S"],
+                    output_final_state=True, cu_seqlens=cu_seqlens)
         o = self.norm(o, self.g_proj(x).view(B, T, H, V))  # (B, T, H, V)
         lengths = torch.full((B,), T, device=x.device) if cu_seqlens is None else cu_seqlens.diff()
         new_pos = lengths.long() if offset is None else offset + lengths
