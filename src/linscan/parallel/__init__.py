@@ -11,8 +11,9 @@ Each op takes the arguments of its single-device counterpart in ``linscan.ops`` 
 ``group=None`` (the world). ``sequence_parallel(model, group)`` makes a whole model run so.
 """
 
+from .attention import attention
 from .decay import decay_scan
 from .delta import delta_scan
 from .model import sequence_parallel
 
-__all__ = ["decay_scan", "delta_scan", "sequence_parallel"]
+__all__ = ["attention", "decay_scan", "delta_scan", "sequence_parallel"]
