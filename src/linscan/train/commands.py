@@ -40,6 +40,8 @@ def train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=seed, default=d.seed)
     p.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N")
     p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
+    p.add_argument("--sequence-parallel", type=positive_int, default=d.sequence_parallel, metavar="W",
+                   help="under torchrun: W ranks share each sequence (LASP-2), data parallel over the rest")
     p.add_argument("--sample", type=non_negative_int, default=200, metavar="N",
                    help="after training, generate N bytes from the model (0: none)")
 
@@ -86,6 +88,28 @@ def _check_train(args) -> None:
     check_device(args.device)
     check_out_dir(args.out)
     _check_data(args.data, args.seq_len)
+    _check_sequence_parallel(args)
+
+
+def _check_sequence_parallel(args) -> None:
+    """``--sequence-parallel W``: W divides the processes and --seq-len; no nonlinear mixers."""
+    W = args.sequence_parallel
+    if W == 1:
+        return
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world % W:
+        raise CliError(f"--sequence-parallel: expected a divisor of the {world} processes (WORLD_SIZE; launch "
+                       f"with torchrun --nproc_per_node ...), got {W}")
+    if args.seq_len % W or args.seq_len // W < 4:
+        raise CliError(f"--sequence-parallel: expected a divisor of --seq-len {args.seq_len} leaving at least "
+                       f"4 tokens per rank, got {W}")
+    from ..models import preset
+
+    pattern = preset(args.preset, **({} if args.pattern is None else {"pattern": args.pattern})).pattern
+    nonlinear = sorted(set(pattern) & set("UCZ"))
+    if nonlinear:
+        raise CliError(f"--sequence-parallel: needs linear recurrences; the pattern's {nonlinear} are "
+                       f"Newton-parallel nonlinear RNNs")
 
 
 def _check_data(path: str | None, seq_len: int) -> None:

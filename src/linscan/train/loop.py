@@ -73,6 +73,7 @@ class TrainArgs:
     seed: int = 0
     device: str = "auto"
     progress: bool = True
+    sequence_parallel: int = 1
 
 
 class TrainingDiverged(ValueError):
@@ -93,10 +94,20 @@ class _Run:
     device: torch.device
     rank: int
     world: int
+    sequence: object = None          # linscan.parallel.comm.Ranks of this rank's sequence-parallel group
 
     @property
     def main(self) -> bool:
         return self.rank == 0
+
+    @property
+    def replicas(self) -> int:
+        """Data-parallel replicas: the ranks that see different sequences."""
+        return self.world // (1 if self.sequence is None else self.sequence.world)
+
+    @property
+    def replica(self) -> int:
+        return self.rank // (1 if self.sequence is None else self.sequence.world)
 
     def autocast(self):
         if self.device.type == "cuda":
@@ -149,6 +160,41 @@ def _distributed(device: torch.device) -> tuple[int, int]:
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return (dist.get_rank(), world) if world > 1 else (0, 1)
+
+
+def _sequence_group(args: TrainArgs, rank: int, world: int):
+    """The sequence-parallel group of ``rank``: ranks k W .. (k + 1) W - 1 share their sequences
+    (W = ``args.sequence_parallel``), data parallel across the groups; None for W = 1."""
+    W = args.sequence_parallel
+    if W == 1:
+        return None
+    if world % W:
+        raise ValueError(f"--sequence-parallel: expected a divisor of the {world} processes, got {W}")
+    if args.seq_len % W:
+        raise ValueError(f"--sequence-parallel: expected a divisor of --seq-len {args.seq_len}, got {W}")
+    from ..parallel import comm
+
+    # every rank creates every group, in the same order (torch.distributed requires it); a group of
+    # its own even when W == world, so that its collectives never interleave with DDP's
+    groups = [dist.new_group(list(range(k * W, (k + 1) * W))) for k in range(world // W)]
+    return comm.resolve(groups[rank // W])
+
+
+def _slice(run: _Run, x: torch.Tensor) -> torch.Tensor:
+    """This rank's part of every sequence of ``x [B, T]`` (all of it without sequence parallelism)."""
+    if run.sequence is None:
+        return x
+    L = x.shape[1] // run.sequence.world
+    return x[:, run.sequence.rank * L:(run.sequence.rank + 1) * L]
+
+
+def _sequence_mean(run: _Run, value: float) -> float:
+    """The mean of a per-rank loss over the sequence-parallel group (the whole sequences' loss)."""
+    if run.sequence is None:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=run.device)
+    dist.all_reduce(t, group=run.sequence.group)
+    return t.item() / run.sequence.world
 
 
 def _config(args: TrainArgs) -> LinscanConfig:
@@ -215,15 +261,21 @@ def _keep_metrics_until(path: Path, step: int) -> None:
 
 
 @torch.no_grad()
-def evaluate(model, data: torch.Tensor, args: TrainArgs, device, autocast) -> float:
-    """Validation loss in bits per byte over fixed windows (the same at every evaluation)."""
+def evaluate(model, data: torch.Tensor, args: TrainArgs, device, autocast, run: _Run | None = None) -> float:
+    """Validation loss in bits per byte over fixed windows (the same at every evaluation).
+
+    run: under sequence parallelism, each rank scores its part of the windows and the ranks'
+    losses are averaged."""
     model.eval()
     total = 0.0
     for i in range(args.eval_batches):
         x, y = batch_at(data, i, args.batch_size, args.seq_len, seed=10_007)
+        if run is not None:
+            x, y = _slice(run, x), _slice(run, y)
         with autocast():
             total += model(x.to(device), labels=y.to(device)).loss.item()
     model.train()
+    total = total if run is None else _sequence_mean(run, total)
     return total / args.eval_batches / LN2
 
 
@@ -236,12 +288,14 @@ def _update(run: _Run, train_data: torch.Tensor, step: int) -> tuple[float, floa
     args = run.args
     loss_sum = 0.0
     for micro in range(args.grad_accum):
-        index = (step * args.grad_accum + micro) * run.world + run.rank
+        index = (step * args.grad_accum + micro) * run.replicas + run.replica
         x, y = batch_at(train_data, index, args.batch_size, args.seq_len, seed=args.seed)
+        x, y = _slice(run, x), _slice(run, y)
         with run.autocast():
             loss = run.ddp(x.to(run.device), labels=y.to(run.device)).loss / args.grad_accum
         loss.backward()
         loss_sum += loss.item()
+    loss_sum = _sequence_mean(run, loss_sum)
     grad_norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), args.clip).item()
     if not (math.isfinite(loss_sum) and math.isfinite(grad_norm)):
         raise TrainingDiverged(
@@ -310,23 +364,31 @@ def train(args: TrainArgs) -> dict:
     corpus = load_corpus(args.data)
     torch.manual_seed(args.seed)
     model = LinscanForCausalLM(config).to(device)
+    sequence = _sequence_group(args, rank, world)
+    if sequence is not None:
+        from ..parallel import sequence_parallel
+
+        sequence_parallel(model, sequence.group)
     optimizer = make_optimizer(model, lr=args.lr, weight_decay=args.weight_decay)
     scheduler = make_scheduler(optimizer, warmup=args.warmup, total=args.steps)
     ddp = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
-    run = _Run(args, out, config, model, ddp, optimizer, scheduler, device, rank, world)
+    run = _Run(args, out, config, model, ddp, optimizer, scheduler, device, rank, world, sequence)
     start = _restore(run, state) if state else 0
     if run.main:
         _start_folder(run, start, corpus)
     t0 = time.perf_counter()
     summary = _loop(run, corpus, start)
     elapsed = time.perf_counter() - t0
-    tokens = (args.steps - start) * args.batch_size * args.seq_len * args.grad_accum * world
+    tokens = (args.steps - start) * args.batch_size * args.seq_len * args.grad_accum * run.replicas
     summary |= {"steps": args.steps, "seconds": elapsed, "config": config.to_dict(), "tokens_per_s": tokens / elapsed,
                 "unigram_bpb": unigram_entropy_bits(corpus.val), "parameters": model.num_parameters()}
     if run.main:
         plot_losses(out / "metrics.jsonl", out / "loss.png")
         kept = {k: v for k, v in summary.items() if k != "losses"}
         checkpoint.replace_file(out / "summary.json", json.dumps(kept, indent=2).encode())
+    if sequence is not None:
+        for module in model.modules():   # one device again: generation after training needs the whole model
+            module.sequence_group = None
     summary["model"] = model          # for callers that go on (generation, tests); not serialised
     return summary
 
@@ -377,11 +439,11 @@ def _log(run: _Run, corpus, step: int, loss: float, grad_norm: float, summary: d
     args = run.args
     row = {"step": step, "train_bpb": loss / LN2, "lr": run.scheduler.get_last_lr()[0], "grad_norm": grad_norm}
     if step % args.eval_every == 0 or step == args.steps:
-        row["val_bpb"] = summary["val_bpb"] = evaluate(run.model, corpus.val, args, run.device, run.autocast)
+        row["val_bpb"] = summary["val_bpb"] = evaluate(run.model, corpus.val, args, run.device, run.autocast, run)
     if run.main:
         metrics.write(json.dumps(row) + "\n")
         metrics.flush()
-        tokens = args.batch_size * args.seq_len * args.grad_accum * run.world
+        tokens = args.batch_size * args.seq_len * args.grad_accum * run.replicas
         shown = {"loss": row["train_bpb"]} | ({"val": row["val_bpb"]} if "val_bpb" in row else {})
         progress.update(step - 1, tokens, **shown)
 
