@@ -359,6 +359,34 @@ def _bench_gpu(args) -> int:
     return run_args(args)
 
 
+def _bench_sp_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--lengths", type=int_list, default=[4096, 16384, 65536], metavar="T,...",
+                   help="sequence lengths (default 4096,16384,65536)")
+    p.add_argument("--world", type=positive_int, default=4, help="ranks W (default 4)")
+    p.add_argument("--families", default="decay,delta,mlstm,attention",
+                   help="comma-separated from decay, delta, mlstm, attention")
+    p.add_argument("--heads", type=positive_int, default=4, help="H (default 4)")
+    p.add_argument("--head-dim", type=positive_int, default=64, help="K = V per head (default 64)")
+    p.add_argument("--out", metavar="PATH.json", help="also write the results as JSON")
+
+
+def _bench_sp(args) -> int:
+    from linscan.bench import sp
+
+    families = [f.strip() for f in args.families.split(",") if f.strip()]
+    bad = sorted(set(families) - set(sp.FAMILIES))
+    if bad or not families:
+        raise CliError(f"--families: expected names from {list(sp.FAMILIES)}, got {args.families!r}")
+    if args.world < 2:
+        raise CliError(f"--world: expected at least 2 ranks, got {args.world}")
+    odd = [T for T in args.lengths if T % args.world or T // args.world < 4]
+    if odd:
+        raise CliError(f"--lengths: expected multiples of --world {args.world} (at least 4 tokens per rank), got {odd}")
+    check_out_file(args.out)
+    sp.run(args.lengths, args.world, families=families, heads=args.heads, head_dim=args.head_dim, out=args.out)
+    return 0
+
+
 BENCHMARKS = {
     "ops": ("scan ops vs their token loop and peers (fla, mlstm_kernels, SDPA)", _bench_ops_args, _bench_ops),
     "model": ("per-token decode time against context length, training tokens/s", _bench_model_args, _bench_model),
@@ -366,6 +394,7 @@ BENCHMARKS = {
             _bench_rnn_args, _bench_rnn),
     "gpu": ("Triton kernels vs fla / mlstm_kernels / SDPA on a GPU: gate, times, memory, bars "
             "(--smoke: the CPU plumbing run)", _bench_gpu_args, _bench_gpu),
+    "sp": ("sequence parallelism on W local gloo ranks: bytes sent, memory per rank, time", _bench_sp_args, _bench_sp),
 }
 
 
