@@ -14,12 +14,12 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from linscan.bench import gpu
-from linscan.bench.gpu_bars import evaluate_bars, summary
-from linscan.bench.gpu_gate import gate_variant
-from linscan.bench.gpu_metrics import gate_passes, gate_verdict, io_bytes, rates, rel_err, scan_flops, tensor_bytes
-from linscan.bench.gpu_report import format_table, row_cells
-from linscan.bench.gpu_run import SMOKE, Bench, make_timer
-from linscan.bench.gpu_variants import VARIANTS, Dims, Peer, Variant, _heads_first, make_inputs, select
+from linscan.bench.gpu.bars import evaluate_bars, summary
+from linscan.bench.gpu.gate import gate_variant
+from linscan.bench.gpu.metrics import gate_passes, gate_verdict, io_bytes, rates, rel_err, scan_flops, tensor_bytes
+from linscan.bench.gpu.report import format_table, row_cells
+from linscan.bench.gpu.run import SMOKE, Bench, make_timer
+from linscan.bench.gpu.variants import VARIANTS, Dims, Peer, Variant, _heads_first, make_inputs, select
 from linscan.ops import decay_scan, delta_scan, mlstm_scan, registry
 
 

@@ -330,8 +330,8 @@ def _check_bench_gpu(args) -> None:
     """What ``linscan.bench.gpu`` would refuse (or fail on after the run), refused before it starts."""
     import torch
 
-    from linscan.bench.gpu_run import GPU, SMOKE
-    from linscan.bench.gpu_variants import select
+    from linscan.bench.gpu.run import GPU, SMOKE
+    from linscan.bench.gpu.variants import select
 
     if not args.smoke and not torch.cuda.is_available():
         raise CliError("--smoke: required here: the full run needs a CUDA device and none is available")

@@ -7,7 +7,7 @@ One run, in this order (BENCH.md GPU protocol, METHOD.md):
 
 1. Ceilings, measured in the same run: an 8192^3 bf16 ``torch.matmul`` (TFLOP/s) and a
    1 GiB device-to-device ``copy_`` (GB/s, bytes read + written), both via ``do_bench``.
-2. Correctness gate (:mod:`linscan.bench.gpu_gate`), B=2 T=1024 H=4 K=V=128: triton in bf16
+2. Correctness gate (:mod:`linscan.bench.gpu.gate`), B=2 T=1024 H=4 K=V=128: triton in bf16
    against a float64 reference, output and every gradient; PASS when each error is at most
    2 x that of the ``chunk`` backend run on the same bf16 inputs + 1e-3. A variant that does
    not pass is not timed (its rows say "FAILED"; the gate block gives the errors).
@@ -15,12 +15,12 @@ One run, in this order (BENCH.md GPU protocol, METHOD.md):
    medians (warmup 25 ms, rep 100 ms) of the forward (``no_grad``) and forward+backward
    (``autograd.grad`` of o against a fixed output gradient, for every floating input) of
    linscan (``backend="triton"``) and its peer side by side, and of causal SDPA at every T
-   (variants and peers: :mod:`linscan.bench.gpu_variants`). Inputs are made outside the timed
+   (variants and peers: :mod:`linscan.bench.gpu.variants`). Inputs are made outside the timed
    region, each in its layout, from the same tensors.
 4. Peak memory of one fwd+bwd call: ``max_memory_allocated`` above the allocation before it.
 5. Achieved TFLOP/s and GB/s against the ceilings (FLOP and byte counts:
-   :mod:`linscan.bench.gpu_metrics`; chunk C = 64 for every row, so it is a nominal work rate).
-6. The table and the bars (:mod:`linscan.bench.gpu_bars`), JSON with everything (``--out``;
+   :mod:`linscan.bench.gpu.metrics`; chunk C = 64 for every row, so it is a nominal work rate).
+6. The table and the bars (:mod:`linscan.bench.gpu.bars`), JSON with everything (``--out``;
    rewritten after every row, so a run cut short still leaves its rows).
 7. Robustness: every measurement runs in try/except (OOM or a kernel error becomes its
    status, the run goes on, ``torch.cuda.empty_cache()`` between rows); rows not started
@@ -79,10 +79,10 @@ import torch
 
 import linscan
 
-from .gpu_bars import evaluate_bars, summary
-from .gpu_report import format_table, write_json
-from .gpu_run import GPU, SMOKE, Bench, Setting, make_timer, measure_ceilings
-from .gpu_variants import SDPA_VARIANT, VARIANTS, select
+from .bars import evaluate_bars, summary
+from .report import format_table, write_json
+from .run import GPU, SMOKE, Bench, Setting, make_timer, measure_ceilings
+from .variants import SDPA_VARIANT, VARIANTS, select
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -207,6 +207,3 @@ def device_info(device: str) -> dict:
     return {"name": p.name, "capability": f"{p.major}.{p.minor}", "sm_count": p.multi_processor_count,
             "memory_bytes": p.total_memory}
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -11,10 +11,10 @@ For one variant at a moderate size (B=2, T=1024, H=4, K=V=128 on the GPU):
        to bf16, as triton must)
     4. relative L2 error against 2. of o and of every gradient, for 3.'s two runs;
        PASS when every error(triton) <= 2 x error(chunk in bf16) + 1e-3
-       (:func:`linscan.bench.gpu_metrics.gate_passes`)
+       (:func:`linscan.bench.gpu.metrics.gate_passes`)
 
 (Whether each peer computes the same function is checked on the timed rows instead, where
-its output is compared with linscan's at full size: see ``gpu_run.Bench.row``.)
+its output is compared with linscan's at full size: see ``run.Bench.row``.)
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ import time
 
 import torch
 
-from .gpu_metrics import gate_verdict, rel_err
-from .gpu_variants import Dims, Variant, make_inputs
+from .metrics import gate_verdict, rel_err
+from .variants import Dims, Variant, make_inputs
 
 GATE_SEED = 7
 

@@ -1,4 +1,4 @@
-"""The GPU benchmark's printed table and JSON file (the report dict is built by :mod:`linscan.bench.gpu`)."""
+"""The GPU benchmark's printed table and JSON file (the report dict is built by :mod:`linscan.bench.gpu.cli`)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ COLUMNS = [("variant", 14), ("T", 6), ("B", 4), ("fwd ms", 9), ("f+b ms", 9), ("
            ("%mm", 5), ("GB/s", 7), ("%bw", 5)]
 LEGEND = ("f+b: fwd+bwd; o diff: rel. L2 difference of the peer's output from linscan's (same inputs); "
           "MiB: peak fwd+bwd memory above the inputs; TFLOP/s, GB/s: linscan fwd+bwd, nominal counts "
-          "(linscan.bench.gpu_metrics), % of the measured matmul (mm) and copy (bw) ceilings")
+          "(linscan.bench.gpu.metrics), % of the measured matmul (mm) and copy (bw) ceilings")
 
 
 def write_json(report: dict, path: str) -> None:

@@ -1,7 +1,7 @@
 """The measuring half of the GPU benchmark: settings, timers, ceilings, the timed rows.
 
 Imports Triton (``triton.testing.do_bench``) only inside :func:`make_timer`, so that
-:mod:`linscan.bench.gpu` can set ``TRITON_INTERPRET`` before anything imports it.
+:mod:`linscan.bench.gpu.cli` can set ``TRITON_INTERPRET`` before anything imports it.
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from typing import Callable
 
 import torch
 
-from .gpu_gate import describe, gate_variant
-from .gpu_metrics import io_bytes, rates, rel_err, scan_flops, tensor_bytes
-from . import timing
-from .gpu_variants import Dims, Variant, make_inputs
+from .gate import describe, gate_variant
+from .metrics import io_bytes, rates, rel_err, scan_flops, tensor_bytes
+from .. import timing
+from .variants import Dims, Variant, make_inputs
 
 Timer = Callable[[Callable[[], object]], float]      # fn -> milliseconds
 
