@@ -54,7 +54,7 @@ def sp_worker(rank, world, pattern):
     return _train(model, ids[:, part], labels[:, part], average)
 
 
-@pytest.mark.parametrize("pattern, world", [("DDDA", 2), ("GREHLNP", 2), ("DDDA", 4)])
+@pytest.mark.parametrize("pattern, world", [("DDDA", 2), ("GMRE", 2), ("GREHLNP", 2), ("DDDA", 4)])
 def test_sequence_parallel_training_equals_one_process(pattern, world):
     want, want_losses = _train(_model(pattern), *_data())
     results = run_ranks(sp_worker, world, pattern)

@@ -14,6 +14,7 @@ Each op takes the arguments of its single-device counterpart in ``linscan.ops`` 
 from .attention import attention
 from .decay import decay_scan
 from .delta import delta_scan
+from .mlstm import mlstm_scan
 from .model import sequence_parallel
 
-__all__ = ["attention", "decay_scan", "delta_scan", "sequence_parallel"]
+__all__ = ["attention", "decay_scan", "delta_scan", "mlstm_scan", "sequence_parallel"]
