@@ -53,8 +53,8 @@ def _describe(value) -> list[int]:
     if value is None:
         return [0] * (3 + _MAX_DIMS)
     if torch.is_tensor(value):
-        if value.dim() > _MAX_DIMS:
-            raise ValueError(f"expected at most {_MAX_DIMS} dimensions, got shape {tuple(value.shape)}")
+        if value.dim() > _MAX_DIMS:                       # never raise here: every rank must reach the gather
+            return [4, 0, value.dim(), zlib.crc32(repr(tuple(value.shape)).encode()), *[0] * (_MAX_DIMS - 1)]
         code = _DTYPES.index(value.dtype) if value.dtype in _DTYPES else len(_DTYPES)
         shape = list(value.shape) + [0] * (_MAX_DIMS - value.dim())
         return [1, code, value.dim(), *shape]
@@ -74,20 +74,26 @@ def _show(row: list[int]) -> str:
     return "a different value"
 
 
-def check_consistent(ranks: Ranks, device: torch.device, **arguments) -> None:
+def check_consistent(ranks: Ranks, device: torch.device, *, refused: bool = False, **arguments) -> None:
     """Check with one small all-gather that every rank passed arguments of the same kind.
 
     arguments: name -> tensor (shape and dtype compared), None, float (compared exactly) or
-    any other value (compared by its repr: strings, ints, bools, tuples). Tensors whose values must agree
-    too (``cu_seqlens``, ``initial_state``) can be passed a second time as a value
-    summary, e.g. ``cu_seqlens_values=tuple(cu_seqlens.tolist())``.
+    any other value (compared by its repr: strings, ints, bools, tuples). Tensors whose values
+    must agree too (``cu_seqlens``) can be passed a second time as a value, e.g.
+    ``cu_seqlens_values=tuple(cu_seqlens.tolist())``. refused: this rank refused its inputs
+    (its own error is raised by the caller; the others learn it here).
     Raises the same ValueError on every rank, naming the first argument that differs.
     """
     names = list(arguments)
-    rows = [_describe(arguments[n]) for n in names]
+    rows = [[int(refused)] + [0] * (2 + _MAX_DIMS)] + [_describe(arguments[n]) for n in names]
     local = torch.tensor(rows, dtype=torch.int64, device=device).reshape(-1)
-    gathered = all_gather(local, ranks, kind="check").reshape(ranks.world, len(names), -1)
-    for i, name in enumerate(names):
+    gathered = all_gather(local, ranks, kind="check").reshape(ranks.world, len(rows), -1)
+    if refused:
+        return
+    bad = [r for r in range(ranks.world) if gathered[r, 0, 0]]
+    if bad:
+        raise ValueError(f"rank(s) {bad} of the sequence-parallel group refused their inputs (their error says why)")
+    for i, name in enumerate(names, start=1):
         column = gathered[:, i]
         if not (column == column[0]).all():
             seen = {r: _show(column[r].tolist()) for r in range(ranks.world)}
@@ -119,19 +125,16 @@ def agree(ranks: Ranks, device: torch.device, validate, **arguments):
     """Validate the local arguments and check that every rank passed the same kinds, together.
 
     validate(): the single-device op's checks on this rank's slice (raising ValueError or
-    TypeError). Its error, or a mismatch between ranks (``check_consistent``), is raised on
-    every rank after one small all-gather, so that no rank enters the real collective alone
-    and hangs there. Returns what ``validate`` returned.
+    TypeError). Its error (on the ranks that refused; "rank(s) [...] refused" on the others) or
+    a mismatch between ranks is raised after one small all-gather (``check_consistent``), so
+    that no rank enters the real collective alone and hangs there. Returns what ``validate``
+    returned.
     """
     try:
         result, error = validate(), None
     except (ValueError, TypeError) as e:
         result, error = None, e
-    flags = all_gather(torch.tensor([error is not None], dtype=torch.int64, device=device), ranks, kind="check")
+    check_consistent(ranks, device, refused=error is not None, **arguments)
     if error is not None:
         raise error
-    if flags.any():
-        bad = [r for r in range(ranks.world) if flags[r]]
-        raise ValueError(f"rank(s) {bad} of the sequence-parallel group refused their inputs (their error says why)")
-    check_consistent(ranks, device, **arguments)
     return result
