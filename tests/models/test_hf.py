@@ -52,7 +52,8 @@ def test_core_imports_without_transformers():
 @pytest.mark.parametrize("pattern,overrides", [
     ("NRDA", {}),  # retnet and lightning: decay buffers that are not in the checkpoint
     ("GA", {"tie_embeddings": False, "mixer_options": {"attention": {"window": 4}}}),
-], ids=["tied", "untied-options"])
+    ("OA", {"aux_loss_coef": 0.05}),  # mixture of memories: state per (sequence, memory)
+], ids=["tied", "untied-options", "mom"])
 def test_auto_classes_round_trip(hf, tmp_path, pattern, overrides):
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -79,7 +80,7 @@ def test_config_aliases_and_validation(hf):
         hf.LinscanHFConfig(pattern="DQ")
 
 
-@pytest.mark.parametrize("pattern", ["D", "DA"])
+@pytest.mark.parametrize("pattern", ["D", "DA", "OA"])
 def test_generate_equals_linscan_greedy(hf, pattern):
     model, ids = make(hf, pattern), prompt(2, 6)
     lengths = []

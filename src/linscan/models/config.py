@@ -28,6 +28,7 @@ LETTERS = {
     "E": "deltanet",            # delta rule, no gate
     "D": "gated_deltanet",      # delta rule with scalar gate
     "P": "deltaproduct",        # R Householder steps per token
+    "O": "mom",                 # mixture of memories: top-k of M Gated DeltaNet states + a shared one
     "U": "pararnn_gru",         # nonlinear GRU, diagonal recurrence, Newton-parallel (ParaRNN)
     "C": "pararnn_lstm",        # nonlinear LSTM-CIFG, 2 x 2 blocks, Newton-parallel (ParaRNN)
     "Z": "alrnn",               # almost-linear RNN, dense Jacobian, Newton-parallel
@@ -42,6 +43,8 @@ class LinscanConfig:
     pattern: mixer letters repeated over the depth (see ``LETTERS``).
     n_heads / head_dim: heads of every mixer (head_dim default d_model // n_heads).
     mlp_ratio: SwiGLU hidden size / d_model (0 disables the MLP).
+    aux_loss_coef: weight of the mixture-of-memories load-balancing loss added to the LM loss
+    (the mean over the MoM layers; MATH.md section 6).
     tie_embeddings: the head shares the embedding table.
     init_std: RMS of the input embeddings at initialisation, as the first block reads them
     (1: the token dominates the residual stream at the start; see ``linscan.nn.init``).
@@ -64,6 +67,7 @@ class LinscanConfig:
     init_std: float = 1.0
     embed_scale: float | None = None
     mixer_options: dict[str, dict] = field(default_factory=dict)
+    aux_loss_coef: float = 0.01
 
     def __post_init__(self):
         if self.embed_scale is None:
@@ -85,6 +89,9 @@ class LinscanConfig:
             raise ValueError(f"head_dim: expected None or a positive int, got {self.head_dim!r}")
         if self.head_dim is None and self.d_model % self.n_heads:
             raise ValueError(f"n_heads: expected a divisor of d_model = {self.d_model}, got {self.n_heads}")
+        if isinstance(self.aux_loss_coef, bool) or not isinstance(self.aux_loss_coef, (int, float)) \
+                or not 0 <= self.aux_loss_coef < math.inf:
+            raise ValueError(f"aux_loss_coef: expected a number >= 0, got {self.aux_loss_coef!r}")
         for name in ("init_std", "embed_scale", "norm_eps"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:

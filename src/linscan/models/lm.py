@@ -24,7 +24,8 @@ from .config import LinscanConfig
 class CausalLMOutput(NamedTuple):
     logits: torch.Tensor            # (B, T, vocab)
     state: list                     # one entry per layer, feed back for the next tokens
-    loss: torch.Tensor | None = None
+    loss: torch.Tensor | None = None    # cross-entropy + aux_loss_coef * aux_loss
+    aux_loss: torch.Tensor | None = None  # mean load-balancing loss of the MoM layers (None without)
 
 
 class Block(nn.Module):
@@ -57,8 +58,9 @@ class LinscanForCausalLM(nn.Module):
     """Decoder LM over a layer pattern of mixers.
 
     forward(input_ids [B, T] int64, state=None, cu_seqlens=None, labels=None)
-        -> CausalLMOutput(logits [B, T, vocab], state, loss)
-    ``labels`` [B, T] are the next tokens (already shifted), -100 = not scored.
+        -> CausalLMOutput(logits [B, T, vocab], state, loss, aux_loss)
+    ``labels`` [B, T] are the next tokens (already shifted), -100 = not scored. With
+    mixture-of-memories layers the loss adds ``aux_loss_coef`` times their mean balance loss.
     """
 
     def __init__(self, config: LinscanConfig):
@@ -97,10 +99,14 @@ class LinscanForCausalLM(nn.Module):
         logits = self.head(self.norm(x))                              # (B, T, vocab)
         if sequence.group_of(self) is not None:
             new_state = None          # per-rank slices of caches: nothing a decode could continue from
+        balance = [b.mixer.aux_loss for b in self.blocks if getattr(b.mixer, "aux_loss", None) is not None]
+        aux = torch.stack(balance).mean() if balance else None
         loss = None
         if labels is not None:
             loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
-        return CausalLMOutput(logits, new_state, loss)
+            if aux is not None:
+                loss = loss + self.config.aux_loss_coef * aux
+        return CausalLMOutput(logits, new_state, loss, aux)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -5,7 +5,8 @@ so a resumed run sees exactly the batches the uninterrupted run would have:
 with weights, optimiser, scheduler and RNG restored, its losses are equal bit for bit.
 
 The run folder (``TrainArgs.out``) holds ``metrics.jsonl`` (one row per optimiser update:
-``step``, ``train_bpb``, ``lr``, ``grad_norm``, and ``val_bpb`` at evaluations),
+``step``, ``train_bpb``, ``lr``, ``grad_norm``, ``val_bpb`` at evaluations, and ``aux_loss`` with
+mixture-of-memories layers),
 ``loss.png``, ``summary.json``, ``config.json``, ``args.json`` and checkpoints
 (``linscan.train.checkpoint``): ``step-N`` is always the state after N updates.
 
@@ -273,28 +274,37 @@ def evaluate(model, data: torch.Tensor, args: TrainArgs, device, autocast, run: 
         if run is not None:
             x, y = _slice(run, x), _slice(run, y)
         with autocast():
-            total += model(x.to(device), labels=y.to(device)).loss.item()
+            out = model(x.to(device), labels=y.to(device))
+        balance = 0.0 if out.aux_loss is None else model.config.aux_loss_coef * out.aux_loss.item()
+        total += out.loss.item() - balance                  # cross-entropy only
     model.train()
     total = total if run is None else _sequence_mean(run, total)
     return total / args.eval_batches / LN2
 
 
-def _update(run: _Run, train_data: torch.Tensor, step: int) -> tuple[float, float]:
-    """Optimiser update number ``step + 1``: (summed micro-batch loss, gradient norm before clipping).
+def _update(run: _Run, train_data: torch.Tensor, step: int) -> tuple[float, float, float | None]:
+    """Optimiser update number ``step + 1``: (cross-entropy summed over the micro-batches, gradient norm
+    before clipping, the mixture-of-memories balance loss or None). The model minimises
+    cross-entropy + ``aux_loss_coef`` x balance loss.
 
     Refuses to apply an update from a non-finite loss or gradient: it would poison every
     weight, and every checkpoint after it.
     """
     args = run.args
-    loss_sum = 0.0
+    loss_sum, aux_sum = 0.0, None
     for micro in range(args.grad_accum):
         index = (step * args.grad_accum + micro) * run.replicas + run.replica
         x, y = batch_at(train_data, index, args.batch_size, args.seq_len, seed=args.seed)
         x, y = _slice(run, x), _slice(run, y)
         with run.autocast():
-            loss = run.ddp(x.to(run.device), labels=y.to(run.device)).loss / args.grad_accum
-        loss.backward()
-        loss_sum += loss.item()
+            out = run.ddp(x.to(run.device), labels=y.to(run.device))
+        (out.loss / args.grad_accum).backward()
+        if out.aux_loss is None:
+            loss_sum += out.loss.item() / args.grad_accum
+        else:
+            aux = out.aux_loss.item()
+            aux_sum = (aux_sum or 0.0) + aux / args.grad_accum
+            loss_sum += (out.loss.item() - run.config.aux_loss_coef * aux) / args.grad_accum
     loss_sum = _sequence_mean(run, loss_sum)
     grad_norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), args.clip).item()
     if not (math.isfinite(loss_sum) and math.isfinite(grad_norm)):
@@ -305,7 +315,7 @@ def _update(run: _Run, train_data: torch.Tensor, step: int) -> tuple[float, floa
     run.optimizer.step()
     run.scheduler.step()
     run.optimizer.zero_grad(set_to_none=True)
-    return loss_sum, grad_norm
+    return loss_sum, grad_norm, aux_sum
 
 
 def _latest_name(out: Path) -> str:
@@ -403,9 +413,9 @@ def _loop(run: _Run, corpus, start: int) -> dict:
     try:
         with _Interrupts() as interrupts:
             for step in range(start, args.steps):
-                loss, grad_norm = _update(run, corpus.train, step)
+                loss, grad_norm, aux = _update(run, corpus.train, step)
                 summary["losses"].append(loss)
-                _log(run, corpus, step + 1, loss, grad_norm, summary, metrics, progress)
+                _log(run, corpus, step + 1, loss, grad_norm, summary, metrics, progress, aux)
                 if (step + 1) % args.ckpt_every == 0 or step + 1 == args.steps:
                     with interrupts.deferred():
                         _save(run, step + 1, metrics)
@@ -434,10 +444,13 @@ def _loop(run: _Run, corpus, start: int) -> dict:
     return summary
 
 
-def _log(run: _Run, corpus, step: int, loss: float, grad_norm: float, summary: dict, metrics, progress) -> None:
+def _log(run: _Run, corpus, step: int, loss: float, grad_norm: float, summary: dict, metrics, progress,
+         aux: float | None = None) -> None:
     """The metrics row of update ``step`` (with a validation loss every ``eval_every``), and the progress line."""
     args = run.args
     row = {"step": step, "train_bpb": loss / LN2, "lr": run.scheduler.get_last_lr()[0], "grad_norm": grad_norm}
+    if aux is not None:
+        row["aux_loss"] = aux                 # mixture-of-memories balance loss (k when balanced)
     if step % args.eval_every == 0 or step == args.steps:
         row["val_bpb"] = summary["val_bpb"] = evaluate(run.model, corpus.val, args, run.device, run.autocast, run)
     if run.main:

@@ -15,6 +15,7 @@ from .hgrn2 import HGRN2
 from .lightning import Lightning, lightning_slopes
 from .linear_attention import LinearAttention
 from .mlstm import MLSTM
+from .mom import MoM
 from .pararnn import ALRNNMixer, ParaGRUMixer, ParaLSTMMixer
 from .retnet import RetNet
 
@@ -28,6 +29,7 @@ MIXERS = {
     "deltanet": DeltaNet,
     "gated_deltanet": GatedDeltaNet,
     "deltaproduct": DeltaProduct,
+    "mom": MoM,
     "pararnn_gru": ParaGRUMixer,
     "pararnn_lstm": ParaLSTMMixer,
     "alrnn": ALRNNMixer,
@@ -35,4 +37,4 @@ MIXERS = {
 }
 
 __all__ = ["MIXERS", "Attention", "DeltaNet", "DeltaProduct", "GLA", "GatedDeltaNet", "HGRN2", "Lightning",
-           "LinearAttention", "MLSTM", "RetNet", "ParaGRUMixer", "ParaLSTMMixer", "ALRNNMixer", "lightning_slopes"]
+           "LinearAttention", "MLSTM", "MoM", "RetNet", "ParaGRUMixer", "ParaLSTMMixer", "ALRNNMixer", "lightning_slopes"]
