@@ -387,6 +387,29 @@ def _bench_sp(args) -> int:
     return 0
 
 
+def _bench_mom_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--length", type=positive_int, default=4096, metavar="T", help="tokens (default 4096)")
+    p.add_argument("--d-model", type=positive_int, default=256, help="width (default 256)")
+    p.add_argument("--heads", type=positive_int, default=4, help="heads (default 4)")
+    p.add_argument("--memories", type=positive_int, default=4, help="routed memories M (default 4)")
+    p.add_argument("--top-k", type=positive_int, default=2, help="memories per token (default 2)")
+    p.add_argument("--threads", type=positive_int, default=2, help="torch CPU threads (default 2)")
+    p.add_argument("--out", metavar="PATH.json", help="also write the results as JSON")
+
+
+def _bench_mom(args) -> int:
+    from linscan.bench import mom
+
+    if args.top_k > args.memories:
+        raise CliError(f"--top-k: expected at most --memories {args.memories}, got {args.top_k}")
+    if args.d_model % args.heads:
+        raise CliError(f"--heads: expected a divisor of --d-model {args.d_model}, got {args.heads}")
+    check_out_file(args.out)
+    mom.run(args.length, d_model=args.d_model, n_heads=args.heads, n_memories=args.memories, top_k=args.top_k,
+            threads=args.threads, out=args.out)
+    return 0
+
+
 BENCHMARKS = {
     "ops": ("scan ops vs their token loop and peers (fla, mlstm_kernels, SDPA)", _bench_ops_args, _bench_ops),
     "model": ("per-token decode time against context length, training tokens/s", _bench_model_args, _bench_model),
@@ -394,6 +417,8 @@ BENCHMARKS = {
             _bench_rnn_args, _bench_rnn),
     "gpu": ("Triton kernels vs fla / mlstm_kernels / SDPA on a GPU: gate, times, memory, bars "
             "(--smoke: the CPU plumbing run)", _bench_gpu_args, _bench_gpu),
+    "mom": ("a mixture-of-memories layer vs one Gated DeltaNet layer: fwd+bwd time and memory",
+            _bench_mom_args, _bench_mom),
     "sp": ("sequence parallelism on W local gloo ranks: bytes sent, memory per rank, time", _bench_sp_args, _bench_sp),
 }
 

@@ -75,11 +75,11 @@ def _call(family: str, x: dict, parallel: bool):
 
 
 def _measure(family: str, x: dict, parallel: bool) -> dict:
-    from linscan.bench.timing import rss_peak_bytes
+    from linscan.bench.timing import release_free_memory, rss_peak_bytes
     from linscan.parallel import comm
 
     _call(family, x, parallel)                        # warm-up
-    _release_free_memory()
+    release_free_memory()
     comm.traffic.clear()
     peak = rss_peak_bytes(lambda: _call(family, x, parallel))
     sent = sum(comm.traffic.values())
@@ -91,19 +91,6 @@ def _measure(family: str, x: dict, parallel: bool) -> dict:
         times.append(time.perf_counter() - t0)
     return {"bytes_sent": sent, "bytes_by_collective": by_kind, "peak_bytes": peak,
             "time_s": sorted(times)[len(times) // 2]}
-
-
-def _release_free_memory() -> None:
-    """Hand freed heap pages back to the OS (glibc), so that the next call's peak resident set
-    measures what it allocates rather than what earlier calls left cached."""
-    import ctypes
-    import gc
-
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 def _worker(rank, world, port, plan, results):

@@ -63,6 +63,19 @@ def median(times: list[float]) -> float:
     return statistics.median(times)
 
 
+def release_free_memory() -> None:
+    """Hand freed heap pages back to the OS (glibc), so that the next call's peak resident set
+    measures what it allocates rather than what earlier calls left cached."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def rss_peak_bytes(fn: Call) -> int | None:
     """Growth of this process's peak resident set during one call of ``fn`` (None off Linux)."""
     try:

@@ -26,6 +26,7 @@ NAMES: dict[str, tuple[str, dict]] = {
     "retnet": ("R", {}),
     "hgrn2": ("H", {}),
     "attention": ("A", {}),
+    "mom": ("O", {}),                  # mixture of memories: top-2 of 4 Gated DeltaNet memories + a shared one
     "pararnn_gru": ("U", {}),          # nonlinear RNNs, trained by Newton iterations
     "pararnn_lstm": ("C", {}),
 }
