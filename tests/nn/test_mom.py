@@ -184,17 +184,7 @@ def test_split_and_carry_equals_one_call(recurrence, t):
     assert_states(s2, state, "split")
 
 
-@pytest.mark.parametrize("opts", [{"recurrence": "gated_deltanet"}, {"recurrence": "gla"},
-                                  {"use_short_conv": False, "shared_memory": False}], ids=["gdn", "gla", "bare"])
-def test_decode_loop_equals_forward(opts):
-    mixer, x = make(**opts), inputs(2, 11)
-    y, state = mixer(x)
-    steps, s = [], None
-    for t in range(x.shape[1]):
-        y_t, s = mixer(x[:, t : t + 1], s)
-        steps.append(y_t)
-    torch.testing.assert_close(torch.cat(steps, dim=1), y, **TOL)
-    assert_states(s, state, "decode")
+# decode loop == one forward, split-and-carry, varlen, gradients: the generic checks of tests/nn/test_mixers.py
 
 
 def hand_routed(logits: list[list[float]]) -> tuple[MoM, torch.Tensor]:

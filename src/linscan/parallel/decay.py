@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 
-from ..ops import checks, decay_scan as local_decay_scan
+from ..ops import decay_scan as local_decay_scan
+from ..ops.decay import check_arguments
 from . import comm
 from .affine import Family, lasp
 
@@ -31,12 +30,7 @@ def decay_scan(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tenso
     ranks = comm.resolve(group)
 
     def validate():
-        dims = checks.check_qkv(q, k, v)
-        B, T, H, K = dims.B, dims.T, dims.H, dims.K
-        gate = checks.check_gate(g, "g", {"H": (H,), "B T/W H": (B, T, H), "B T/W H K": (B, T, H, K)}, q.device)
-        checks.check_sequences(dataclasses.replace(dims, T=T * ranks.world), cu_seqlens, initial_state,
-                               chunk_size, q.device)
-        return dims, gate, checks.check_scale(scale, K)
+        return check_arguments(q, k, v, g, scale, initial_state, cu_seqlens, chunk_size, ranks=ranks.world)
 
     dims, g_checked, scale_checked = comm.agree(
         ranks, q.device, validate, q=q, k=k, v=v, g=g, initial_state=initial_state, cu_seqlens=cu_seqlens,

@@ -6,12 +6,11 @@ by K zero columns and the initial state ``[0 | I_K]``, the final state is ``[B_r
 
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 import torch.nn.functional as F
 
-from ..ops import checks, delta_scan as local_delta_scan
+from ..ops import delta_scan as local_delta_scan
+from ..ops.delta import check_arguments
 from . import comm
 from .affine import Family, lasp
 
@@ -32,16 +31,7 @@ def delta_scan(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Te
     ranks = comm.resolve(group)
 
     def validate():
-        dims = checks.check_qkv(q, k, v, householder=True)
-        B, T, R, H, K = dims.B, dims.T, dims.R, dims.H, dims.K
-        checks.expect_floating(beta, "beta")
-        form = {"B T/W R H": (B, T, R, H)} if k.dim() == 5 else {"B T/W H": (B, T, H)}
-        beta_checked = checks.check_gate(beta, "beta", form, q.device, max_value=None)
-        checks.check_range(beta_checked, "beta", 0, 2)
-        gate = checks.check_gate(g, "g", {"B T/W H": (B, T, H)}, q.device)
-        checks.check_sequences(dataclasses.replace(dims, T=T * ranks.world), cu_seqlens, initial_state,
-                               chunk_size, q.device)
-        return dims, beta_checked, gate, checks.check_scale(scale, K)
+        return check_arguments(q, k, v, beta, g, scale, initial_state, cu_seqlens, chunk_size, ranks=ranks.world)
 
     dims, beta_checked, g_checked, scale_checked = comm.agree(
         ranks, q.device, validate, q=q, k=k, v=v, beta=beta, g=g, initial_state=initial_state,

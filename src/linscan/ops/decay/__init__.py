@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from .. import checks, registry
@@ -38,10 +40,17 @@ def decay_scan(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tenso
         o ``[B, T, H, V]`` in q's dtype, and the final state ``[N, H, K, V]`` (float32,
         float64 for float64 inputs) or None unless ``output_final_state``.
     """
+    dims, g, scale = check_arguments(q, k, v, g, scale, initial_state, cu_seqlens, chunk_size)
+    fn = registry.get("decay", backend, q.device)
+    return fn(q, k, v, g, scale=scale, initial_state=initial_state,
+              output_final_state=output_final_state, cu_seqlens=cu_seqlens, chunk_size=chunk_size)
+
+
+def check_arguments(q, k, v, g, scale, initial_state, cu_seqlens, chunk_size, *, ranks: int = 1):
+    """``decay_scan``'s checks; returns (dims, g, scale). ranks: the sequence is split over that
+    many ranks (``linscan.parallel``): q holds T / ranks tokens, cu_seqlens and the state all T."""
     dims = checks.check_qkv(q, k, v)
     B, T, H, K = dims.B, dims.T, dims.H, dims.K
     g = checks.check_gate(g, "g", {"H": (H,), "B T H": (B, T, H), "B T H K": (B, T, H, K)}, q.device)
-    checks.check_sequences(dims, cu_seqlens, initial_state, chunk_size, q.device)
-    fn = registry.get("decay", backend, q.device)
-    return fn(q, k, v, g, scale=checks.check_scale(scale, K), initial_state=initial_state,
-              output_final_state=output_final_state, cu_seqlens=cu_seqlens, chunk_size=chunk_size)
+    checks.check_sequences(dataclasses.replace(dims, T=T * ranks), cu_seqlens, initial_state, chunk_size, q.device)
+    return dims, g, checks.check_scale(scale, K)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from .. import checks, registry
@@ -46,6 +48,15 @@ def delta_scan(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Te
         o ``[B, T, H, V]`` in q's dtype, and the final state ``[N, H, K, V]`` (float32,
         float64 for float64 inputs) or None unless ``output_final_state``.
     """
+    dims, beta, g, scale = check_arguments(q, k, v, beta, g, scale, initial_state, cu_seqlens, chunk_size)
+    fn = registry.get("delta", backend, q.device)
+    return fn(q, k, v, beta, g, scale=scale, initial_state=initial_state,
+              output_final_state=output_final_state, cu_seqlens=cu_seqlens, chunk_size=chunk_size)
+
+
+def check_arguments(q, k, v, beta, g, scale, initial_state, cu_seqlens, chunk_size, *, ranks: int = 1):
+    """``delta_scan``'s checks; returns (dims, beta, g, scale). ranks: the sequence is split over
+    that many ranks (``linscan.parallel``): q holds T / ranks tokens, cu_seqlens and the state all T."""
     dims = checks.check_qkv(q, k, v, householder=True)
     B, T, R, H, K = dims.B, dims.T, dims.R, dims.H, dims.K
     checks.expect_floating(beta, "beta")
@@ -53,7 +64,5 @@ def delta_scan(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Te
     beta = checks.check_gate(beta, "beta", beta_form, q.device, max_value=None)
     checks.check_range(beta, "beta", 0, 2)
     g = checks.check_gate(g, "g", {"B T H": (B, T, H)}, q.device)
-    checks.check_sequences(dims, cu_seqlens, initial_state, chunk_size, q.device)
-    fn = registry.get("delta", backend, q.device)
-    return fn(q, k, v, beta, g, scale=checks.check_scale(scale, K), initial_state=initial_state,
-              output_final_state=output_final_state, cu_seqlens=cu_seqlens, chunk_size=chunk_size)
+    checks.check_sequences(dataclasses.replace(dims, T=T * ranks), cu_seqlens, initial_state, chunk_size, q.device)
+    return dims, beta, g, checks.check_scale(scale, K)
