@@ -11,9 +11,11 @@ D_MODEL, N_HEADS = 32, 2
 CASES = [
     ("linear_attention", {}),
     ("linear_attention", {"normalize": False, "feature_map": "relu"}),
+    ("linear_attention", {"use_short_conv": True, "conv_size": 3}),
     ("lightning", {}),
     ("retnet", {}),
     ("gla", {}),
+    ("gla", {"use_short_conv": True}),
     ("hgrn2", {}),
     ("hgrn2", {"lower_bound": 0.5}),
     ("mlstm", {}),

@@ -74,3 +74,22 @@ class ShortConv(nn.Module):
             raise ValueError(f"x: expected at least kernel_size - 1 = {n} tokens per rank under sequence "
                              f"parallelism, got {x.shape[1]}")
         return previous_tail(x[:, x.shape[1] - n:], sequence.group_of(self)).transpose(1, 2)
+
+
+class ShortConvs(nn.ModuleDict):
+    """One ``ShortConv`` per named projection (``q``, ``k``, ``v``...), states kept as
+    ``conv_<name>`` entries of the mixer's state dict (parameters ``<name>.conv.weight``).
+
+    ``convs(projections, state, cu_seqlens) -> (convolved, new_state)``: ``projections`` maps
+    names to ``[B, T, width]`` tensors; ``state`` is the mixer's state dict (or None).
+    """
+
+    def __init__(self, widths: dict[str, int], kernel_size: int = 4, *, activation: str | None = "silu"):
+        super().__init__({name: ShortConv(w, kernel_size, activation=activation) for name, w in widths.items()})
+
+    def forward(self, projections: dict[str, torch.Tensor], state: dict | None,
+                cu_seqlens: torch.Tensor | None = None) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        out, new_state = {}, {}
+        for name, x in projections.items():
+            out[name], new_state[f"conv_{name}"] = self[name](x, (state or {}).get(f"conv_{name}"), cu_seqlens)
+        return out, new_state

@@ -10,7 +10,7 @@ from torch import nn
 
 from ...ops import delta_scan
 from .. import sequence
-from ..conv import ShortConv
+from ..conv import ShortConvs
 from ..norms import GatedRMSNorm, RMSNorm
 
 
@@ -55,9 +55,8 @@ class DeltaNet(nn.Module):
         self.v_proj = nn.Linear(d_model, R * H * V, bias=False)
         self.b_proj = nn.Linear(d_model, R * H, bias=False)
         self.convs = None
-        if use_short_conv:
-            widths = {"q": H * K, "k": R * H * K, "v": R * H * V}
-            self.convs = nn.ModuleDict({name: ShortConv(w, conv_size) for name, w in widths.items()})  # SiLU
+        if use_short_conv:  # SiLU
+            self.convs = ShortConvs({"q": H * K, "k": R * H * K, "v": R * H * V}, conv_size)
         if gated:
             self.a_proj = nn.Linear(d_model, H, bias=False)
             self.A_log = nn.Parameter(torch.empty(H).uniform_(0, 16).clamp_min(1e-4).log())
@@ -80,10 +79,8 @@ class DeltaNet(nn.Module):
         q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
         new_state = {}
         if self.convs is not None:
-            old = state or {}
-            q, new_state["conv_q"] = self.convs["q"](q, old.get("conv_q"), cu_seqlens)
-            k, new_state["conv_k"] = self.convs["k"](k, old.get("conv_k"), cu_seqlens)
-            v, new_state["conv_v"] = self.convs["v"](v, old.get("conv_v"), cu_seqlens)
+            convolved, new_state = self.convs({"q": q, "k": k, "v": v}, state, cu_seqlens)
+            q, k, v = convolved["q"], convolved["k"], convolved["v"]
         else:
             q, k = F.silu(q), F.silu(k)
         q = F.normalize(q.view(B, T, H, K), dim=-1)  # (B, T, H, K)

@@ -8,6 +8,7 @@ from torch import nn
 
 from ...ops import decay_scan
 from .. import sequence
+from ..conv import ShortConvs
 from ..norms import GatedRMSNorm
 
 
@@ -24,12 +25,16 @@ class GLA(nn.Module):
         expand_v: V / K (default 2: value width d_model, expand_v = 1 in the paper's terms).
         gate_rank: rank of the gate projection (16).
         gate_normalizer: tau (16).
+        use_short_conv: causal depthwise convs (kernel ``conv_size``, SiLU) on q, k, v, as FLA's
+            GLA offers; they give the layer a cheap previous-token path (off: the paper's layer).
 
-    State: ``{"S": [N, H, K, V]}`` float32.
+    State: ``{"S": [N, H, K, V]}`` float32, plus ``conv_q``, ``conv_k``, ``conv_v``
+    ``[N, width, conv_size - 1]`` with ``use_short_conv``.
     """
 
     def __init__(self, d_model: int, n_heads: int, *, head_dim: int | None = None, layer_idx: int = 0,
-                 expand_v: float = 2.0, gate_rank: int = 16, gate_normalizer: float = 16.0):
+                 expand_v: float = 2.0, gate_rank: int = 16, gate_normalizer: float = 16.0,
+                 use_short_conv: bool = False, conv_size: int = 4):
         super().__init__()
         self.n_heads, self.head_dim = n_heads, head_dim or max(1, d_model // (2 * n_heads))
         self.value_dim, self.layer_idx = int(self.head_dim * expand_v), layer_idx
@@ -43,19 +48,22 @@ class GLA(nn.Module):
         self.g_proj = nn.Linear(d_model, H * V, bias=False)
         self.norm = GatedRMSNorm(V, activation="silu")
         self.o_proj = nn.Linear(H * V, d_model, bias=False)
+        self.convs = ShortConvs({"q": H * K, "k": H * K, "v": H * V}, conv_size) if use_short_conv else None
 
     def forward(self, x: torch.Tensor, state: dict | None = None, cu_seqlens: torch.Tensor | None = None):
         """x ``[B, T, d_model]`` -> ``(y [B, T, d_model], new_state)``; see the class docstring."""
         sequence.refuse_state(self, state, cu_seqlens)
         B, T, _ = x.shape
         H, K, V = self.n_heads, self.head_dim, self.value_dim
-        q = self.q_proj(x).view(B, T, H, K)  # (B, T, H, K)
-        k = self.k_proj(x).view(B, T, H, K)  # (B, T, H, K)
-        v = self.v_proj(x).view(B, T, H, V)  # (B, T, H, V)
+        q, k, v, new_state = self.q_proj(x), self.k_proj(x), self.v_proj(x), {}
+        if self.convs is not None:
+            convolved, new_state = self.convs({"q": q, "k": k, "v": v}, state, cu_seqlens)
+            q, k, v = convolved["q"], convolved["k"], convolved["v"]
+        q, k, v = q.view(B, T, H, K), k.view(B, T, H, K), v.view(B, T, H, V)  # (B, T, H, K | V)
         gate = self.gk_proj(x).to(torch.promote_types(x.dtype, torch.float32))  # gates in >= float32
         g = F.logsigmoid(gate).view(B, T, H, K) / self.gate_normalizer  # (B, T, H, K)
         scan = sequence.op(self, "decay_scan", decay_scan)  # linscan.parallel.decay_scan under SP
         o, S = scan(q, k, v, g, initial_state=None if state is None else state["S"],
                     output_final_state=True, cu_seqlens=cu_seqlens)
         o = self.norm(o, self.g_proj(x).view(B, T, H, V))  # (B, T, H, V)
-        return self.o_proj(o.reshape(B, T, H * V)), {"S": S}
+        return self.o_proj(o.reshape(B, T, H * V)), {"S": S, **new_state}

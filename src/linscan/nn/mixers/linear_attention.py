@@ -8,6 +8,7 @@ from torch import nn
 
 from ...ops import decay_scan
 from .. import sequence
+from ..conv import ShortConvs
 
 FEATURE_MAPS = {"elu": lambda x: F.elu(x) + 1, "relu": F.relu, "identity": lambda x: x}
 
@@ -24,13 +25,17 @@ class LinearAttention(nn.Module):
         feature_map: ``"elu"`` (elu + 1, the paper's), ``"relu"`` or ``"identity"``.
         normalize: divide by ``phi(q) . z`` (paper); otherwise return the raw readout.
         eps: added to the denominator.
+        use_short_conv: causal depthwise convs (kernel ``conv_size``, SiLU) on q, k, v before the
+            feature map: a cheap previous-token path (off: the paper's layer).
 
     State: ``{"S": [N, H, K, V + 1]}`` float32 (the last value column is z; with
-    ``normalize=False`` it is ``[N, H, K, V]``).
+    ``normalize=False`` it is ``[N, H, K, V]``), plus ``conv_q``, ``conv_k``, ``conv_v``
+    ``[N, width, conv_size - 1]`` with ``use_short_conv``.
     """
 
     def __init__(self, d_model: int, n_heads: int, *, head_dim: int | None = None, layer_idx: int = 0,
-                 feature_map: str = "elu", normalize: bool = True, eps: float = 1e-6):
+                 feature_map: str = "elu", normalize: bool = True, eps: float = 1e-6,
+                 use_short_conv: bool = False, conv_size: int = 4):
         super().__init__()
         if feature_map not in FEATURE_MAPS:
             raise ValueError(f"feature_map: expected one of {sorted(FEATURE_MAPS)}, got {feature_map!r}")
@@ -41,6 +46,7 @@ class LinearAttention(nn.Module):
         self.k_proj = nn.Linear(d_model, width, bias=False)
         self.v_proj = nn.Linear(d_model, width, bias=False)
         self.o_proj = nn.Linear(width, d_model, bias=False)
+        self.convs = ShortConvs({"q": width, "k": width, "v": width}, conv_size) if use_short_conv else None
 
     def forward(self, x: torch.Tensor, state: dict | None = None, cu_seqlens: torch.Tensor | None = None):
         """x ``[B, T, d_model]`` -> ``(y [B, T, d_model], new_state)``; see the class docstring."""
@@ -48,9 +54,12 @@ class LinearAttention(nn.Module):
         B, T, _ = x.shape
         H, D = self.n_heads, self.head_dim
         phi = FEATURE_MAPS[self.feature_map]
-        q = phi(self.q_proj(x)).view(B, T, H, D)  # (B, T, H, K)
-        k = phi(self.k_proj(x)).view(B, T, H, D)  # (B, T, H, K)
-        v = self.v_proj(x).view(B, T, H, D)  # (B, T, H, V)
+        q, k, v, new_state = self.q_proj(x), self.k_proj(x), self.v_proj(x), {}
+        if self.convs is not None:
+            convolved, new_state = self.convs({"q": q, "k": k, "v": v}, state, cu_seqlens)
+            q, k, v = convolved["q"], convolved["k"], convolved["v"]
+        q, k = phi(q).view(B, T, H, D), phi(k).view(B, T, H, D)  # (B, T, H, K)
+        v = v.view(B, T, H, D)  # (B, T, H, V)
         if self.normalize:
             v = torch.cat([v, torch.ones_like(v[..., :1])], dim=-1)  # (B, T, H, V + 1)
         scan = sequence.op(self, "decay_scan", decay_scan)  # linscan.parallel.decay_scan under SP
@@ -58,4 +67,4 @@ class LinearAttention(nn.Module):
                     output_final_state=True, cu_seqlens=cu_seqlens)
         if self.normalize:
             o = o[..., :D] / (o[..., D:] + self.eps)  # (B, T, H, V)
-        return self.o_proj(o.reshape(B, T, H * D)), {"S": S}
+        return self.o_proj(o.reshape(B, T, H * D)), {"S": S, **new_state}
