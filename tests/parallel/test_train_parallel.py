@@ -49,3 +49,20 @@ def test_sequence_parallel_that_does_not_divide_is_refused(tmp_path, capsys):
     argv = ["train", "--data", str(data), "--out", str(tmp_path / "x"), "--sequence-parallel", "3", *ARGS]
     assert main(argv) == 1                      # one process: 3 does not divide it
     assert "--sequence-parallel: expected a divisor of the 1 processes" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra, fragment", [
+    (["--seq-len", "31"], "expected a divisor of --seq-len 31"),
+    (["--seq-len", "4"], "at least 4 tokens per rank"),
+    (["--pattern", "DU"], "['U'] are Newton-parallel nonlinear RNNs"),
+])
+def test_sequence_parallel_arguments_checked_before_training(tmp_path, capsys, monkeypatch, extra, fragment):
+    from linscan.cli import main
+
+    monkeypatch.setenv("WORLD_SIZE", "2")              # as torchrun would set it; nothing starts
+    data = write_corpus(tmp_path / "corpus.txt")
+    args = [a for a in ARGS if a not in ("--seq-len", "32")]
+    assert main(["train", "--data", str(data), "--out", str(tmp_path / "x"), "--sequence-parallel", "2",
+                 *args, *extra]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--sequence-parallel" in err and fragment in err, err

@@ -6,10 +6,10 @@ map ``S -> A_r S + B_r`` (MATH.md section 7): ``B_r`` is the local final state f
 delta_scan: dense K x K). With packed sequences (``cu_seqlens``) the map is that of the
 rank's last piece, the one that may go on to the next rank (``pieces.py``).
 
-Forward (one all-gather):
+Forward (one all-gather; with cu_seqlens and output_final_state one all-reduce more, for the
+final states of the sequences, which end on different ranks):
   1. summary   (A_r, B_r) of the rank's last piece, fp32                  local, no graph
-  2. gather    every rank's (A_j, B_j), and with cu_seqlens the final     all_gather
-               states of the sequences that ended on it
+  2. gather    every rank's (A_j, B_j)                                    all_gather
   3. merge     entry state H_r = A_{r-1}(...(A_s h0 + B_s)...) + B_{r-1}  in rank order from s,
                the rank where the sequence started
   4. scan      the local op from H_r: o_r and the local final states      graph kept
@@ -92,11 +92,10 @@ class _Lasp(torch.autograd.Function):
         h0 = h0.detach().to(torch.float64 if h0.dtype == torch.float64 else torch.float32)
         # 1. summary of the last piece
         A, B = family.summary(_last_piece(family, inputs, me))
-        # 4 (first half). the local scan from the initial states; entry filled in after the merge
-        entry = h0[me.first:me.last + 1].clone() if varlen else h0.clone()   # (pieces | B, H, K, V)
-        # 2. one all-gather: (A | B) and, with cu_seqlens, nothing else yet (finals come after step 4)
+        # 2. one all-gather of every rank's (A | B)
         A_all, B_all = _gather_summaries(ranks, A, B, family.dense)
-        # 3. merge
+        # 3. merge: the entry state of the first piece; the other pieces start from their initial states
+        entry = h0[me.first:me.last + 1].clone() if varlen else h0.clone()   # (pieces | B, H, K, V)
         if me.carried_in:
             H = _fold(family, A_all, B_all, _start(h0, me, varlen), me.start_rank, ranks.rank, varlen)
             if varlen:
@@ -113,7 +112,7 @@ class _Lasp(torch.autograd.Function):
         if output_final_state:
             if varlen:                                            # sequences end on different ranks
                 finals = torch.zeros_like(h0)
-                for j, n in _ending_here(me):
+                for j, n in me.ending():
                     finals[n] = local_final[j].detach()
                 finals = comm.all_reduce(finals, ranks)
             else:                                                 # all end on the last rank: fold every rank
@@ -137,7 +136,7 @@ class _Lasp(torch.autograd.Function):
             d_finals = torch.zeros(ctx.h0_shape, dtype=local_final.dtype, device=local_final.device) \
                 if d_finals is None else d_finals
             d_finals = comm.all_reduce(d_finals.to(local_final.dtype), ranks)
-            for j, n in _ending_here(me):
+            for j, n in me.ending():
                 if varlen:
                     d_local_final[j] = d_finals[n]
                 else:
@@ -174,12 +173,6 @@ class _Lasp(torch.autograd.Function):
                     d_h0[n] = d_entry[j]
         return (None, None, None, None, d_h0, *d_inputs)
 
-
-def _ending_here(me: Pieces):
-    """(local row, sequence) of the sequences whose last token is on this rank."""
-    for j, n in enumerate(range(me.first, me.last + 1)):
-        if not (j == me.count - 1 and me.carried_out):
-            yield j, n
 
 
 def _start(h0, me: Pieces, varlen: bool):

@@ -312,7 +312,7 @@ def _final_states(setup: _Setup, summaries, h0: State, local_final: State) -> St
     if not setup.varlen:
         return _entries(setup, summaries, h0, 0, setup.ranks.world)[-1]
     final = tuple(torch.zeros_like(x) for x in h0)
-    for j, n in _ending_here(setup.layout[setup.ranks.rank]):
+    for j, n in setup.layout[setup.ranks.rank].ending():
         for x, y in zip(final, local_final):
             x[n] = y[j].detach()
     return _all_reduce(final, setup.ranks)
@@ -326,7 +326,7 @@ def _final_grads(setup: _Setup, d_final, local_final: State, h0: State) -> State
         return d_local
     d_final = tuple(torch.zeros_like(x) if d is None else d.to(setup.dtype) for d, x in zip(d_final, h0))
     d_final = _all_reduce(d_final, setup.ranks)                  # every rank joins
-    for j, n in _ending_here(setup.layout[setup.ranks.rank]):
+    for j, n in setup.layout[setup.ranks.rank].ending():
         for d, g in zip(d_local, d_final):
             if setup.varlen:
                 d[j] = g[n]
@@ -383,8 +383,3 @@ def _last_piece(inputs, me: Pieces):
     return [x[:, a:b] for x in inputs]
 
 
-def _ending_here(me: Pieces):
-    """(local row, sequence) of the sequences whose last token is on this rank."""
-    for j, n in enumerate(range(me.first, me.last + 1)):
-        if not (j == me.count - 1 and me.carried_out):
-            yield j, n

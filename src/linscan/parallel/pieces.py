@@ -35,6 +35,12 @@ class Pieces:
     def count(self) -> int:
         return self.last - self.first + 1
 
+    def ending(self):
+        """(local row, sequence) of the sequences whose last token is on this rank."""
+        for j, n in enumerate(range(self.first, self.last + 1)):
+            if not (j == self.count - 1 and self.carried_out):
+                yield j, n
+
     @property
     def single(self) -> bool:
         """One piece only: the whole slice lies inside one sequence."""
