@@ -26,6 +26,7 @@ def test_loss_is_cross_entropy_plus_the_weighted_balance_loss():
     ce = F.cross_entropy(out.logits.flatten(0, 1).float(), labels.flatten())
     assert out.aux_loss is not None and 1.0 <= out.aux_loss.item() <= 4.0      # top-2 of 4: 2 when balanced
     torch.testing.assert_close(out.loss, ce.double() + 0.25 * out.aux_loss)
+    assert torch.equal(model.balance_loss(), out.aux_loss)     # what losses computed outside forward add
     out.loss.backward()
     assert model.blocks[0].mixer.router.weight.grad.abs().sum() > 0
     assert _model().forward(ids).aux_loss is not None and LinscanForCausalLM(
@@ -55,3 +56,23 @@ def test_training_logs_the_balance_loss(tmp_path, monkeypatch):
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert all(1.0 <= r["aux_loss"] <= 4.0 for r in rows) and "val_bpb" in rows[-1]
     assert summary["model"].config.pattern == "OA"
+
+
+def test_eval_training_adds_the_balance_loss(monkeypatch):
+    """`linscan eval` computes its own loss (scored positions only): the balance loss joins it."""
+    from linscan.data.tasks import make_task
+    from linscan.eval import runner
+    from linscan.eval.mixers import parse_mixer
+    from linscan.eval.presets import get_preset
+
+    seen = []
+    real = torch.nn.functional.cross_entropy
+
+    def spy(*args, **kw):
+        seen.append(real(*args, **kw))
+        return seen[-1]
+
+    monkeypatch.setattr(runner.F, "cross_entropy", spy)
+    preset = get_preset("parity", d_model=16, n_heads=2, steps=2, batch_size=4, n_layers=1)
+    _, summary = runner.train_one(make_task("parity"), parse_mixer("mom"), preset, (3, 8), seed=0)
+    assert len(seen) == 2 and all(l > c.item() for l, c in zip(summary["losses"], seen))

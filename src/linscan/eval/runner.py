@@ -100,6 +100,9 @@ def train_one(task, spec: MixerSpec, preset: EvalPreset, train_lengths: tuple[in
         logits = scored_logits(model, input_ids, mask)           # (n_scored, vocab)
         target = labels[mask]
         loss = F.cross_entropy(logits.float(), target)
+        balance = model.balance_loss()                           # mixture of memories: keep the router balanced
+        if balance is not None:
+            loss = loss + model.config.aux_loss_coef * balance
         losses.append(loss.item())
         if not math.isfinite(losses[-1]):
             if stream is not None:

@@ -99,14 +99,20 @@ class LinscanForCausalLM(nn.Module):
         logits = self.head(self.norm(x))                              # (B, T, vocab)
         if sequence.group_of(self) is not None:
             new_state = None          # per-rank slices of caches: nothing a decode could continue from
-        balance = [b.mixer.aux_loss for b in self.blocks if getattr(b.mixer, "aux_loss", None) is not None]
-        aux = torch.stack(balance).mean() if balance else None
+        aux = self.balance_loss()
         loss = None
         if labels is not None:
             loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
             if aux is not None:
                 loss = loss + self.config.aux_loss_coef * aux
         return CausalLMOutput(logits, new_state, loss, aux)
+
+    def balance_loss(self) -> torch.Tensor | None:
+        """The mean load-balancing loss of the mixture-of-memories layers in the last forward
+        (each layer's ``aux_loss``), None without such layers. ``forward`` adds
+        ``aux_loss_coef`` times it to the loss; code that computes its own loss adds it likewise."""
+        balance = [b.mixer.aux_loss for b in self.blocks if getattr(b.mixer, "aux_loss", None) is not None]
+        return torch.stack(balance).mean() if balance else None
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
