@@ -3,8 +3,12 @@ tests marked ``gpu`` skip cleanly without CUDA."""
 
 import os
 
-import pytest
-import torch
+# OpenMP threads that sleep while they wait: spinning ones make the suite several times slower on
+# shared cores (read when torch is first imported, so before that; an explicit setting wins)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 if not torch.cuda.is_available():
     # must precede the first ``import triton`` anywhere in the process

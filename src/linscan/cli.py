@@ -410,6 +410,29 @@ def _bench_mom(args) -> int:
     return 0
 
 
+def _bench_liger_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default="runs/bench-liger", metavar="DIR",
+                   help="run folders, results.json, recovery.png (a finished teacher there is reused)")
+    p.add_argument("--teacher-steps", type=positive_int, default=1500, help="pretraining steps (default 1500)")
+    p.add_argument("--fraction", type=probability, default=0.02,
+                   help="fine-tuning bytes as a share of the pretraining bytes (default 0.02)")
+    p.add_argument("--variants", default=",".join(("liger_gla", "liger_gdn", "liger_attention")),
+                   help="comma-separated: liger_gla, liger_gdn, liger_attention")
+    p.add_argument("--seed", type=seed, default=0)
+
+
+def _bench_liger(args) -> int:
+    from linscan.bench import liger
+
+    check_out_dir(args.out)
+    try:
+        liger.run(args.out, teacher_steps=args.teacher_steps, fraction=args.fraction,
+                  variants=tuple(v.strip() for v in args.variants.split(",") if v.strip()), seed=args.seed)
+    except ValueError as e:
+        raise option_error(e, {"variants": "--variants", "out": "--out"}) from e
+    return 0
+
+
 BENCHMARKS = {
     "ops": ("scan ops vs their token loop and peers (fla, mlstm_kernels, SDPA)", _bench_ops_args, _bench_ops),
     "model": ("per-token decode time against context length, training tokens/s", _bench_model_args, _bench_model),
@@ -419,6 +442,8 @@ BENCHMARKS = {
             "(--smoke: the CPU plumbing run)", _bench_gpu_args, _bench_gpu),
     "mom": ("a mixture-of-memories layer vs one Gated DeltaNet layer: fwd+bwd time and memory",
             _bench_mom_args, _bench_mom),
+    "liger": ("pretrain attention, convert to Liger variants, LoRA fine-tune on 2% of the bytes; vs from scratch",
+              _bench_liger_args, _bench_liger),
     "sp": ("sequence parallelism on W local gloo ranks: bytes sent, memory per rank, time", _bench_sp_args, _bench_sp),
 }
 
@@ -463,11 +488,23 @@ def _eval(args) -> int:
     return run_eval(args)
 
 
+def _linearize_args(p):
+    from linscan.convert.commands import linearize_args
+    linearize_args(p)
+
+
+def _linearize(args) -> int:
+    from linscan.convert.commands import linearize
+    return linearize(args)
+
+
 COMMANDS = {
     "info": ("versions, devices and registered backends", _info_args, _info),
     "train": ("train a language model (default: tiny hybrid on the stdlib corpus)", _train_args, _train),
     "generate": ("generate text from a trained run with the recurrent cache", _generate_args, _generate),
     "eval": ("train a small model per mixer on a synthetic task; accuracy per test length", _eval_args, _eval),
+    "linearize": ("convert attention layers to Liger layers, LoRA fine-tune, merge, save",
+                  _linearize_args, _linearize),
     "bench": ("benchmarks (linscan bench ops --help)", _bench_args, None),
 }
 
@@ -490,7 +527,7 @@ def _passive_openmp(argv: list[str]) -> None:
     its time slice: 2-thread timings then come out 10-100x too slow and erratic.
     Read by OpenMP when torch is first imported; an explicit setting wins.
     """
-    if argv[:1] in (["bench"], ["train"], ["generate"], ["eval"]) and "torch" not in sys.modules:
+    if argv[:1] in (["bench"], ["train"], ["generate"], ["eval"], ["linearize"]) and "torch" not in sys.modules:
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 

@@ -13,7 +13,7 @@ import argparse
 # linscan.eval.run's argument names -> this command's
 OPTIONS = {"task": "TASK", "mixers": "--mixers", "train_lengths": "--train-len", "test_lengths": "--test-len",
            "seeds": "--seeds", "task_options": "--task-option", "steps": "--steps", "batch_size": "--batch-size",
-           "lr": "--lr", "n_layers": "--layers", "d_model": "--d-model", "eval_sequences": "--eval-sequences",
+           "lr": "--lr", "n_layers": "--layers", "d_model": "--d-model", "n_heads": "--heads", "head_dim": "--head-dim", "eval_sequences": "--eval-sequences",
            "out": "--out"}
 
 
@@ -67,6 +67,9 @@ def eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=positive_float, default=None)
     p.add_argument("--layers", type=positive_int, default=None, help="depth (default: the task preset's)")
     p.add_argument("--d-model", type=positive_int, default=None, help="width (default: the task preset's)")
+    p.add_argument("--heads", type=positive_int, default=None, help="heads of every mixer (default: the task preset's)")
+    p.add_argument("--head-dim", type=positive_int, default=None,
+                   help="dimension per head (default: width / heads); sets the recurrent state size")
     p.add_argument("--eval-sequences", type=positive_int, default=None, help="sequences per length bucket")
     p.add_argument("--task-option", type=task_option, action="append", default=[], metavar="KEY=VALUE",
                    help="task constructor option, repeatable (e.g. num_pairs=16)")
@@ -83,7 +86,8 @@ def run_eval(args) -> int:
         specs = None if args.mixers is None else parse_mixers(args.mixers)
         results = run(args.task, specs, train_lengths=args.train_len, test_lengths=args.test_len, seeds=args.seeds,
                       out=args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                      n_layers=args.layers, d_model=args.d_model, eval_sequences=args.eval_sequences,
+                      n_layers=args.layers, d_model=args.d_model, n_heads=args.heads,
+                      head_dim=args.head_dim, eval_sequences=args.eval_sequences,
                       task_options=dict(args.task_option))
     except ValueError as e:
         raise option_error(e, OPTIONS) from e

@@ -18,7 +18,7 @@ class EvalPreset:
     """Model size and training schedule for one task.
 
     n_layers: depth (rounded up to a multiple of a hybrid's pattern length); d_model, n_heads,
-    mlp_ratio: as in ``LinscanConfig``. steps, batch_size, lr, warmup, weight_decay, clip: AdamW
+    head_dim (None: d_model // n_heads; sets every mixer's state size), mlp_ratio: as in ``LinscanConfig``. steps, batch_size, lr, warmup, weight_decay, clip: AdamW
     with linear warmup then cosine decay to lr / 10, gradient norm clipped at ``clip``.
     eval_sequences: sequences per test bucket; n_buckets: buckets of the test range.
     mixers: the comparison ``linscan eval TASK`` runs without ``--mixers``.
@@ -29,6 +29,7 @@ class EvalPreset:
     n_layers: int = 2
     d_model: int = 64
     n_heads: int = 4
+    head_dim: int | None = None
     mlp_ratio: float = 2.0
     steps: int = 1000
     batch_size: int = 64
@@ -89,6 +90,8 @@ def get_preset(task_name: str, **overrides) -> EvalPreset:
         value = getattr(preset, name)
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{name}: expected a positive integer, got {value!r}")
+    if preset.head_dim is not None and (not isinstance(preset.head_dim, int) or preset.head_dim < 1):
+        raise ValueError(f"head_dim: expected None or a positive integer, got {preset.head_dim!r}")
     if not preset.lr > 0:
         raise ValueError(f"lr: expected a positive number, got {preset.lr!r}")
     return preset

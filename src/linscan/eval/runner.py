@@ -44,7 +44,8 @@ def train_seed(seed: int, step: int) -> int:
 def build_model(spec: MixerSpec, preset: EvalPreset, vocab_size: int, seed: int) -> LinscanForCausalLM:
     """The preset's model with ``spec``'s layer pattern; weights drawn from ``seed``."""
     config = LinscanConfig(vocab_size=vocab_size, d_model=preset.d_model, n_layers=spec.n_layers(preset.n_layers),
-                           pattern=spec.pattern, n_heads=preset.n_heads, mlp_ratio=preset.mlp_ratio,
+                           pattern=spec.pattern, n_heads=preset.n_heads, head_dim=preset.head_dim,
+                           mlp_ratio=preset.mlp_ratio,
                            mixer_options=spec.mixer_options)
     torch.manual_seed(seed)
     return LinscanForCausalLM(config)
@@ -53,13 +54,13 @@ def build_model(spec: MixerSpec, preset: EvalPreset, vocab_size: int, seed: int)
 def _check_builds(spec: MixerSpec, preset: EvalPreset, vocab_size: int) -> None:
     """Build ``spec``'s model once (milliseconds at these sizes): a width its mixers refuse fails here,
     before any training, rather than when its turn comes."""
-    if preset.d_model % preset.n_heads:
+    if preset.head_dim is None and preset.d_model % preset.n_heads:
         raise ValueError(f"d_model: expected a multiple of n_heads = {preset.n_heads}, got {preset.d_model}")
     try:
         build_model(spec, preset, vocab_size, seed=0)
     except ValueError as e:
         raise ValueError(f"d_model: expected a width that {spec.name} accepts ({preset.n_heads} heads of "
-                         f"{preset.d_model // preset.n_heads}), got {preset.d_model}: {e}") from e
+                         f"{preset.head_dim or preset.d_model // preset.n_heads}), got {preset.d_model}: {e}") from e
 
 
 def scored_logits(model: LinscanForCausalLM, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -32,6 +32,7 @@ LETTERS = {
     "U": "pararnn_gru",         # nonlinear GRU, diagonal recurrence, Newton-parallel (ParaRNN)
     "C": "pararnn_lstm",        # nonlinear LSTM-CIFG, 2 x 2 blocks, Newton-parallel (ParaRNN)
     "Z": "alrnn",               # almost-linear RNN, dense Jacobian, Newton-parallel
+    "I": "liger",               # Liger: attention's own q, k, v as a gated recurrence (+ sliding window)
 }
 
 
@@ -43,6 +44,8 @@ class LinscanConfig:
     pattern: mixer letters repeated over the depth (see ``LETTERS``).
     n_heads / head_dim: heads of every mixer (head_dim default d_model // n_heads).
     mlp_ratio: SwiGLU hidden size / d_model (0 disables the MLP).
+    mlp_hidden: the SwiGLU hidden size itself (None: from mlp_ratio, rounded up to 32; an imported
+    model's exact width).
     aux_loss_coef: weight of the mixture-of-memories load-balancing loss added to the LM loss
     (the mean over the MoM layers; MATH.md section 6).
     tie_embeddings: the head shares the embedding table.
@@ -62,6 +65,7 @@ class LinscanConfig:
     n_heads: int = 4
     head_dim: int | None = None
     mlp_ratio: float = 4.0
+    mlp_hidden: int | None = None
     norm_eps: float = 1e-6
     tie_embeddings: bool = True
     init_std: float = 1.0
@@ -89,6 +93,9 @@ class LinscanConfig:
             raise ValueError(f"head_dim: expected None or a positive int, got {self.head_dim!r}")
         if self.head_dim is None and self.d_model % self.n_heads:
             raise ValueError(f"n_heads: expected a divisor of d_model = {self.d_model}, got {self.n_heads}")
+        if self.mlp_hidden is not None and (isinstance(self.mlp_hidden, bool) or not isinstance(self.mlp_hidden, int)
+                                            or self.mlp_hidden < 1):
+            raise ValueError(f"mlp_hidden: expected None or a positive int, got {self.mlp_hidden!r}")
         if isinstance(self.aux_loss_coef, bool) or not isinstance(self.aux_loss_coef, (int, float)) \
                 or not 0 <= self.aux_loss_coef < math.inf:
             raise ValueError(f"aux_loss_coef: expected a number >= 0, got {self.aux_loss_coef!r}")

@@ -49,7 +49,10 @@ class Block(nn.Module):
 
 
 def _mlp_hidden(config: LinscanConfig) -> int:
-    """SwiGLU width: mlp_ratio * d_model * 2/3 (same parameters as a GELU MLP), rounded up to 32."""
+    """SwiGLU width: ``mlp_hidden``, else mlp_ratio * d_model * 2/3 (same parameters as a GELU MLP),
+    rounded up to 32."""
+    if config.mlp_hidden is not None:
+        return config.mlp_hidden
     hidden = int(config.mlp_ratio * config.d_model * 2 / 3)
     return -(-hidden // 32) * 32
 

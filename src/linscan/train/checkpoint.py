@@ -192,6 +192,32 @@ def save(run_dir: str | Path, model, config: LinscanConfig, trainer_state: dict,
     return final
 
 
+def save_model(folder: str | Path, model) -> Path:
+    """Write a model folder (``config.json`` + ``model.safetensors``, no trainer state) that
+    ``load_model``, ``linscan generate --ckpt`` and ``linscan eval`` read. Written into a fresh
+    ``.tmp-*`` folder, fsynced, then renamed: ``folder`` is complete or absent; an existing
+    model folder there is replaced. Returns ``folder``."""
+    folder = Path(folder)
+    if folder.exists() and not (folder / "model.safetensors").is_file():
+        raise CheckpointError(f"checkpoint: {folder} exists and is not a model folder; refusing to replace it")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{folder.name}-", dir=folder.parent))
+    try:
+        save_file(_weights(model), str(tmp / "model.safetensors"))
+        _fsync_write(tmp / "config.json", json.dumps(model.config.to_dict(), indent=2).encode())
+        with open(tmp / "model.safetensors", "rb") as fh:
+            os.fsync(fh.fileno())
+        _fsync_dir(tmp)
+        if folder.exists():
+            _discard(folder)
+        os.replace(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _fsync_dir(folder.parent)
+    return folder
+
+
 def _prune(run_dir: Path, step: int, keep: int) -> None:
     """Keep ``step-<step>`` and the ``keep - 1`` newest older checkpoints; drop the rest and any leftovers.
 
@@ -260,6 +286,15 @@ def load_weights(path: str | Path, model: torch.nn.Module) -> None:
         raise CheckpointError(f"checkpoint: {path} does not match the model: missing {missing[:5]}, "
                               f"unexpected {unexpected[:5]}, shape mismatches {shapes[:5]}")
     model.load_state_dict(weights, strict=False)   # tied duplicates were not stored; all others checked above
+
+
+def load_model(path: str | Path):
+    """The ``LinscanForCausalLM`` of a run folder, checkpoint folder or model folder, in eval mode."""
+    from ..models import LinscanForCausalLM
+
+    model = LinscanForCausalLM(load_config(path))
+    load_weights(path, model)
+    return model.eval()
 
 
 def load_trainer_state(path: str | Path) -> dict:

@@ -87,7 +87,7 @@ def _check_train(args) -> None:
         raise option_error(e, {"preset": "--preset", "pattern": "--pattern"}) from e
     check_device(args.device)
     check_out_dir(args.out)
-    _check_data(args.data, args.seq_len)
+    check_data(args.data, args.seq_len)
     _check_sequence_parallel(args)
 
 
@@ -112,7 +112,7 @@ def _check_sequence_parallel(args) -> None:
                        f"Newton-parallel nonlinear RNNs")
 
 
-def _check_data(path: str | None, seq_len: int) -> None:
+def check_data(path: str | None, seq_len: int) -> None:
     """``--data`` exists, holds text, and both its splits are longer than ``--seq-len`` (+ 1 target byte)."""
     from ..data.corpus import split_sizes
 
@@ -155,18 +155,15 @@ def generate_args(p: argparse.ArgumentParser) -> None:
 
 
 def generate(args) -> int:
-    from ..models import LinscanForCausalLM
     from . import checkpoint
 
     try:
-        config = checkpoint.load_config(args.ckpt)
-        model = LinscanForCausalLM(config)
-        checkpoint.load_weights(args.ckpt, model)
+        model = checkpoint.load_model(args.ckpt)
     except checkpoint.CheckpointError as e:
         raise CliError(f"--ckpt: {str(e).removeprefix('checkpoint: ')}") from e
-    if config.vocab_size != 256:
-        raise CliError(f"--ckpt: expected a byte-level model (vocab 256), got vocab {config.vocab_size}")
-    print(_generate(model.eval(), args.prompt, args.max_new_tokens, temperature=args.temperature,
+    if model.config.vocab_size != 256:
+        raise CliError(f"--ckpt: expected a byte-level model (vocab 256), got vocab {model.config.vocab_size}")
+    print(_generate(model, args.prompt, args.max_new_tokens, temperature=args.temperature,
                     top_k=args.top_k, top_p=args.top_p, seed=args.seed))
     return 0
 

@@ -198,15 +198,18 @@ def _sequence_mean(run: _Run, value: float) -> float:
     return t.item() / run.sequence.world
 
 
-def _config(args: TrainArgs) -> LinscanConfig:
-    overrides = {"pattern": args.pattern} if args.pattern else {}
-    config = preset(args.preset, **overrides)
+def _config(args: TrainArgs, model: LinscanForCausalLM | None = None) -> LinscanConfig:
+    if model is not None:
+        config, given = model.config, "the model passed in"
+    else:
+        overrides = {"pattern": args.pattern} if args.pattern else {}
+        config, given = preset(args.preset, **overrides), f"--preset {args.preset} {overrides or ''}"
     if args.resume and (Path(args.out) / "latest").exists():
         saved = checkpoint.load_config(args.out)
         if saved.to_dict() != config.to_dict():
             raise checkpoint.CheckpointError(
                 f"--resume: the checkpoint in {args.out} was trained with {saved.to_dict()}, not with "
-                f"--preset {args.preset} {overrides or ''} = {config.to_dict()}")
+                f"{given} = {config.to_dict()}")
     return config
 
 
@@ -359,21 +362,28 @@ def _start_folder(run: _Run, start: int, corpus) -> None:
     checkpoint.replace_file(run.out / "config.json", json.dumps(run.config.to_dict(), indent=2).encode())
     checkpoint.replace_file(run.out / "args.json", json.dumps(asdict(run.args), indent=2).encode())
     _keep_metrics_until(run.out / "metrics.jsonl", start)
-    print(f"linscan train: {run.model.num_parameters():,} parameters, layers {''.join(run.config.pattern)} x "
+    trainable = sum(p.numel() for p in run.model.parameters() if p.requires_grad)
+    shown = "" if trainable == run.model.num_parameters() else f" ({trainable:,} trained)"
+    print(f"linscan train: {run.model.num_parameters():,} parameters{shown}, layers {''.join(run.config.pattern)} x "
           f"{run.config.n_layers}, data {corpus.source} ({len(corpus.train):,} train bytes), "
           f"{run.world} process(es) on {run.device}", file=sys.stderr)
 
 
-def train(args: TrainArgs) -> dict:
-    """Train a model as ``args`` says; returns a summary (final validation bits per byte, speed...)."""
+def train(args: TrainArgs, model: LinscanForCausalLM | None = None) -> dict:
+    """Train a model as ``args`` says; returns a summary (final validation bits per byte, speed...).
+
+    model: fine-tune this model instead of a fresh ``args.preset`` one (its config is the run's;
+    only its parameters with ``requires_grad`` train, e.g. LoRA adapters). To resume such a run,
+    pass a model built the same way: the checkpoint's weights replace its own.
+    """
     device = _device(args.device)
     rank, world = _distributed(device)
     out = Path(args.out)
-    config = _config(args)
+    config = _config(args, model)
     state = _saved_state(args, out, main=rank == 0)
     corpus = load_corpus(args.data)
     torch.manual_seed(args.seed)
-    model = LinscanForCausalLM(config).to(device)
+    model = (LinscanForCausalLM(config) if model is None else model).to(device)
     sequence = _sequence_group(args, rank, world)
     if sequence is not None:
         from ..parallel import sequence_parallel

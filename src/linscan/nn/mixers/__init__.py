@@ -13,6 +13,7 @@ from .deltanet import DeltaNet, DeltaProduct, GatedDeltaNet
 from .gla import GLA
 from .hgrn2 import HGRN2
 from .lightning import Lightning, lightning_slopes
+from .liger import Liger
 from .linear_attention import LinearAttention
 from .mlstm import MLSTM
 from .mom import MoM
@@ -34,7 +35,8 @@ MIXERS = {
     "pararnn_lstm": ParaLSTMMixer,
     "alrnn": ALRNNMixer,
     "attention": Attention,
+    "liger": Liger,
 }
 
 __all__ = ["MIXERS", "Attention", "DeltaNet", "DeltaProduct", "GLA", "GatedDeltaNet", "HGRN2", "Lightning",
-           "LinearAttention", "MLSTM", "MoM", "RetNet", "ParaGRUMixer", "ParaLSTMMixer", "ALRNNMixer", "lightning_slopes"]
+           "Liger", "LinearAttention", "MLSTM", "MoM", "RetNet", "ParaGRUMixer", "ParaLSTMMixer", "ALRNNMixer", "lightning_slopes"]

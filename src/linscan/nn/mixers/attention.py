@@ -23,24 +23,30 @@ class Attention(nn.Module):
         window: sliding-window length (None: full causal attention).
         rope_base: rotary wavelength base.
         qkv_bias: biases on the q, k, v projections.
+        n_kv_heads: key/value heads (grouped-query attention; None: H). Query head h reads
+            key/value head ``h // (H / n_kv_heads)``, as Llama's ``repeat_kv``.
 
-    State (the KV cache): ``{"k": [N, L, H, D], "v": [N, L, H, D], "pos": [N] int64}``.
+    State (the KV cache): ``{"k": [N, L, Hkv, D], "v": [N, L, Hkv, D], "pos": [N] int64}``.
     ``pos`` counts the tokens seen; row n holds the (rotated) keys and values of that
     sequence's last ``min(pos_n, window - 1)`` tokens (all ``pos_n`` without a window),
     left-aligned and zero-padded to the longest row.
     """
 
     def __init__(self, d_model: int, n_heads: int, *, head_dim: int | None = None, layer_idx: int = 0,
-                 window: int | None = None, rope_base: float = 10000.0, qkv_bias: bool = False):
+                 window: int | None = None, rope_base: float = 10000.0, qkv_bias: bool = False,
+                 n_kv_heads: int | None = None):
         super().__init__()
-        if window is not None and window < 1:
-            raise ValueError(f"window: expected None or an int >= 1, got {window}")
-        self.n_heads, self.head_dim = n_heads, head_dim or d_model // n_heads
+        if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window < 1):
+            raise ValueError(f"window: expected None or an int >= 1, got {window!r}")
+        n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
+        if isinstance(n_kv_heads, bool) or not isinstance(n_kv_heads, int) or n_kv_heads < 1 or n_heads % n_kv_heads:
+            raise ValueError(f"n_kv_heads: expected a positive divisor of n_heads = {n_heads}, got {n_kv_heads!r}")
+        self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, head_dim or d_model // n_heads
         self.layer_idx, self.window = layer_idx, window
-        width = n_heads * self.head_dim
+        width, kv_width = n_heads * self.head_dim, n_kv_heads * self.head_dim
         self.q_proj = nn.Linear(d_model, width, bias=qkv_bias)
-        self.k_proj = nn.Linear(d_model, width, bias=qkv_bias)
-        self.v_proj = nn.Linear(d_model, width, bias=qkv_bias)
+        self.k_proj = nn.Linear(d_model, kv_width, bias=qkv_bias)
+        self.v_proj = nn.Linear(d_model, kv_width, bias=qkv_bias)
         self.o_proj = nn.Linear(width, d_model, bias=False)
         self.rotary = RotaryEmbedding(self.head_dim, base=rope_base)
 
@@ -48,26 +54,45 @@ class Attention(nn.Module):
         """x ``[B, T, d_model]`` -> ``(y [B, T, d_model], new_state)``; see the class docstring."""
         sequence.refuse_state(self, state, cu_seqlens)
         B, T, _ = x.shape
-        H, D, dev = self.n_heads, self.head_dim, x.device
+        q, k, v = self.project(x)  # (B, T, H | Hkv, D)
+        o, state = self.attend(q, k, v, state, cu_seqlens)  # (B, T, H, D)
+        return self.o_proj(o.reshape(B, T, -1)), state
+
+    def project(self, x: torch.Tensor):
+        """x ``[B, T, d_model]`` -> q ``[B, T, H, D]``, k, v ``[B, T, Hkv, D]`` (before RoPE)."""
+        B, T, _ = x.shape
+        D = self.head_dim
+        return (self.q_proj(x).view(B, T, self.n_heads, D), self.k_proj(x).view(B, T, self.n_kv_heads, D),
+                self.v_proj(x).view(B, T, self.n_kv_heads, D))
+
+    def attend(self, q, k, v, state: dict | None, cu_seqlens: torch.Tensor | None):
+        """Rotate q, k, attend (window, cache, packed sequences) -> ``(o [B, T, H, D], new cache)``.
+
+        q ``[B, T, H, D]``, k, v ``[B, T, Hkv, D]`` as :meth:`project` returns them."""
+        B, T, H, D = q.shape
+        Hkv, dev = self.n_kv_heads, q.device
         cu = torch.arange(B + 1, device=dev) * T if cu_seqlens is None else cu_seqlens.long()
         N = cu.numel() - 1
         if state is None:
-            state = {"k": x.new_zeros(N, 0, H, D), "v": x.new_zeros(N, 0, H, D),
+            state = {"k": q.new_zeros(N, 0, Hkv, D), "v": q.new_zeros(N, 0, Hkv, D),
                      "pos": torch.zeros(N, dtype=torch.long, device=dev)}
-        pos0 = state["pos"]
-        qpos = token_positions(pos0, B, T, cu_seqlens, device=dev) + sequence.offset(self, T)  # (B, T)
-        q = self.rotary(self.q_proj(x).view(B, T, H, D), qpos)  # (B, T, H, D)
-        k = self.rotary(self.k_proj(x).view(B, T, H, D), qpos)  # (B, T, H, D)
-        v = self.v_proj(x).view(B, T, H, D)  # (B, T, H, D)
+        qpos = token_positions(state["pos"], B, T, cu_seqlens, device=dev) + sequence.offset(self, T)  # (B, T)
+        q, k = self.rotary(q, qpos), self.rotary(k, qpos)
         if sequence.group_of(self) is not None:  # LASP-2H: keys and values gathered from every rank
-            o = sequence.op(self, "attention", None)(q, k, v, window=self.window)  # (B, T, H, D)
-            return self.o_proj(o.reshape(B, T, H * D)), None
+            return sequence.op(self, "attention", None)(q, *self._repeat_kv(k, v), window=self.window), None
         if state["k"].shape[1] == 0 and cu_seqlens is None and self.window is None:
-            o = F.scaled_dot_product_attention(*(t.transpose(1, 2) for t in (q, k, v)), is_causal=True)
+            keys, values = self._repeat_kv(k, v)
+            o = F.scaled_dot_product_attention(*(t.transpose(1, 2) for t in (q, keys, values)), is_causal=True)
         else:
             o = self._masked(q, k, v, qpos, state, cu)
-        y = self.o_proj(o.transpose(1, 2).reshape(B, T, H * D))  # (B, T, d_model)
-        return y, self._update_cache(state, k, v, cu)
+        return o.transpose(1, 2), self._update_cache(state, k, v, cu)
+
+    def _repeat_kv(self, k, v):
+        """Key/value heads ``[..., Hkv, D]`` -> one per query head ``[..., H, D]``."""
+        groups = self.n_heads // self.n_kv_heads
+        if groups == 1:
+            return k, v
+        return k.repeat_interleave(groups, dim=-2), v.repeat_interleave(groups, dim=-2)
 
     def _cache_len(self, pos: torch.Tensor) -> torch.Tensor:
         return pos if self.window is None else pos.clamp(max=self.window - 1)
@@ -75,7 +100,7 @@ class Attention(nn.Module):
     def _masked(self, q, k, v, qpos, state, cu):
         """Attend over [cached keys of the row's sequences, new keys] under the block mask -> (B, H, T, D)."""
         B, T, H, D = q.shape
-        N, L = state["k"].shape[:2]
+        N, L, Hkv = state["k"].shape[:3]
         tokens = torch.arange(B * T, device=q.device)
         seq_new = torch.searchsorted(cu[1:], tokens, right=True).view(B, T)  # (B, T) sequence of each token
         slot = torch.arange(L, device=q.device)
@@ -83,8 +108,9 @@ class Attention(nn.Module):
         pos_old = state["pos"][:, None] - self._cache_len(state["pos"])[:, None] + slot  # (N, L)
         valid_old = slot < self._cache_len(state["pos"])[:, None]  # (N, L)
         # (N, L) -> (B, N * L / B): row b of a batch owns cache row b; a packed row owns all of them
-        keys = torch.cat([state["k"].reshape(B, -1, H, D), k], dim=1)  # (B, S, H, D)
-        values = torch.cat([state["v"].reshape(B, -1, H, D), v], dim=1)  # (B, S, H, D)
+        keys = torch.cat([state["k"].reshape(B, -1, Hkv, D), k], dim=1)  # (B, S, Hkv, D)
+        values = torch.cat([state["v"].reshape(B, -1, Hkv, D), v], dim=1)  # (B, S, Hkv, D)
+        keys, values = self._repeat_kv(keys, values)  # (B, S, H, D)
         kseq = torch.cat([seq_old.reshape(B, -1), seq_new], dim=1)  # (B, S)
         kpos = torch.cat([pos_old.reshape(B, -1), qpos], dim=1)  # (B, S)
         kvalid = torch.cat([valid_old.reshape(B, -1), torch.ones_like(qpos, dtype=torch.bool)], dim=1)  # (B, S)
