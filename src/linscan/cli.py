@@ -416,6 +416,7 @@ def _bench_liger_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--teacher-steps", type=positive_int, default=1500, help="pretraining steps (default 1500)")
     p.add_argument("--fraction", type=probability, default=0.02,
                    help="fine-tuning bytes as a share of the pretraining bytes (default 0.02)")
+    p.add_argument("--lr", type=positive_float, default=1e-3, help="LoRA fine-tuning learning rate (default 1e-3)")
     p.add_argument("--variants", default=",".join(("liger_gla", "liger_gdn", "liger_attention")),
                    help="comma-separated: liger_gla, liger_gdn, liger_attention")
     p.add_argument("--seed", type=seed, default=0)
@@ -426,7 +427,7 @@ def _bench_liger(args) -> int:
 
     check_out_dir(args.out)
     try:
-        liger.run(args.out, teacher_steps=args.teacher_steps, fraction=args.fraction,
+        liger.run(args.out, teacher_steps=args.teacher_steps, fraction=args.fraction, finetune_lr=args.lr,
                   variants=tuple(v.strip() for v in args.variants.split(",") if v.strip()), seed=args.seed)
     except ValueError as e:
         raise option_error(e, {"variants": "--variants", "out": "--out"}) from e

@@ -3,7 +3,7 @@
 1. Pretrain a pure-attention byte LM (the ``tiny`` preset with pattern "A") on the corpus for
    ``teacher_steps`` steps of ``batch_size x seq_len`` bytes (``linscan train``'s loop).
 2. Convert it (:func:`linscan.convert.liger`, no new parameters) to each variant, score it, then
-   fine-tune LoRA (rank 8 on q, k, v, lr 1e-3, Liger's recipe) on ``fraction`` of the
+   fine-tune LoRA (rank 8 on q, k, v, lr 1e-3 as Liger's recipe, no warmup) on ``fraction`` of the
    pretraining bytes, merged afterwards; score again.
 3. Train each variant's architecture from scratch (all parameters, fresh initialisation, lr 3e-3)
    on the same bytes as its fine-tune.
@@ -28,7 +28,7 @@ VARIANTS = {
 
 
 def run(out: str, *, teacher_steps: int = 1500, fraction: float = 0.02, batch_size: int = 16, seq_len: int = 128,
-        finetune_batch_size: int = 4, variants: tuple[str, ...] = tuple(VARIANTS), seed: int = 0,
+        finetune_batch_size: int = 4, finetune_lr: float = 1e-3, variants: tuple[str, ...] = tuple(VARIANTS), seed: int = 0,
         progress: bool = True, data: str | None = None) -> dict:
     """Run the comparison in ``out`` (run folders, results.json, recovery.png); returns the results.
 
@@ -71,7 +71,7 @@ def run(out: str, *, teacher_steps: int = 1500, fraction: float = 0.02, batch_si
     for name in variants:
         options = VARIANTS[name]
         log(f"2. {name}: convert, LoRA fine-tune {steps} steps of {finetune_batch_size} x {seq_len} bytes")
-        report = linearize_model(teacher, replace(short, lr=1e-3, weight_decay=0.0, out=str(out / name / "finetune")),
+        report = linearize_model(teacher, replace(short, lr=finetune_lr, weight_decay=0.0, out=str(out / name / "finetune")),
                                  out=out / name, **options)
         log(f"3. {name}: from scratch on the same bytes")
         fresh = LinscanForCausalLM(liger(teacher, **options).config)   # the same architecture, new weights
@@ -86,7 +86,7 @@ def run(out: str, *, teacher_steps: int = 1500, fraction: float = 0.02, batch_si
                      "recovery": recovery(unigram, teacher_bpb, finetuned_bpb),
                      "recovery_scratch": recovery(unigram, teacher_bpb, scratch_bpb),
                      "lora_parameters": report["lora_parameters"], "parameters": report["parameters"]})
-    results = {"teacher_steps": teacher_steps, "batch_size": batch_size, "seq_len": seq_len,
+    results = {"teacher_steps": teacher_steps, "finetune_lr": finetune_lr, "batch_size": batch_size, "seq_len": seq_len,
                "teacher_tokens": teacher_steps * batch_size * seq_len, "finetune_tokens": steps * finetune_batch_size * seq_len,
                "finetune_steps": steps, "finetune_batch_size": finetune_batch_size, "unigram_bpb": unigram,
                "teacher_bpb": teacher_bpb, "teacher_parameters": teacher.num_parameters(), "rows": rows}

@@ -9,7 +9,8 @@ benchmarks, tests) pick an implementation by name and never branch on device.
 
 ``backend="auto"`` resolves to the environment variable ``LINSCAN_BACKEND``
 when set, else to ``"triton"`` for CUDA tensors when a triton backend is
-registered, else to ``"chunk"``.
+registered, else to the family's fast CPU backend: ``"chunk"`` (1-D scans) or
+``"sweep"`` (2-D grids).
 """
 
 from __future__ import annotations
@@ -60,7 +61,11 @@ def get(family: str, backend: str = "auto", device: torch.device | str | None = 
     return _BACKENDS[family][name]
 
 
+# the fast CPU backend of a family: chunkwise for the 1-D scans, a row sweep for the 2-D grids
+FAST = ("chunk", "sweep")
+
+
 def _default(impls: dict[str, Callable], device: torch.device | str | None) -> str:
     if device is not None and torch.device(device).type == "cuda" and "triton" in impls:
         return "triton"
-    return "chunk"
+    return next((name for name in FAST if name in impls), "chunk")
