@@ -3,7 +3,7 @@
 1. Pretrain a pure-attention byte LM (the ``tiny`` preset with pattern "A") on the corpus for
    ``teacher_steps`` steps of ``batch_size x seq_len`` bytes (``linscan train``'s loop).
 2. Convert it (:func:`linscan.convert.liger`, no new parameters) to each variant, score it, then
-   fine-tune LoRA (rank 8 on q, k, v, lr 1e-3 as Liger's recipe, no warmup) on ``fraction`` of the
+   fine-tune LoRA (rank 8 on q, k, v, no warmup; lr 1e-2: Liger's 1e-3 is for thousands of steps) on ``fraction`` of the
    pretraining bytes, merged afterwards; score again.
 3. Train each variant's architecture from scratch (all parameters, fresh initialisation, lr 3e-3)
    on the same bytes as its fine-tune.
@@ -28,7 +28,7 @@ VARIANTS = {
 
 
 def run(out: str, *, teacher_steps: int = 1500, fraction: float = 0.02, batch_size: int = 16, seq_len: int = 128,
-        finetune_batch_size: int = 4, finetune_lr: float = 1e-3, variants: tuple[str, ...] = tuple(VARIANTS), seed: int = 0,
+        finetune_batch_size: int = 4, finetune_lr: float = 1e-2, variants: tuple[str, ...] = tuple(VARIANTS), seed: int = 0,
         progress: bool = True, data: str | None = None) -> dict:
     """Run the comparison in ``out`` (run folders, results.json, recovery.png); returns the results.
 
