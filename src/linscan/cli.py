@@ -410,6 +410,22 @@ def _bench_mom(args) -> int:
     return 0
 
 
+def _bench_grid_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--sides", type=int_list, default=[32, 64, 128], help="grid sides (default 32,64,128)")
+    p.add_argument("--naive-max", type=positive_int, default=64,
+                   help="largest side the cell loop runs at (default 64; it takes seconds per pass)")
+    p.add_argument("--threads", type=positive_int, default=2, help="torch CPU threads (default 2)")
+    p.add_argument("--out", metavar="PATH.json", help="also write the results as JSON")
+
+
+def _bench_grid(args) -> int:
+    from linscan.bench import grid
+
+    check_out_file(args.out)
+    grid.run(tuple(args.sides), naive_max=args.naive_max, threads=args.threads, out=args.out)
+    return 0
+
+
 def _bench_liger_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="runs/bench-liger", metavar="DIR",
                    help="run folders, results.json, recovery.png (a finished teacher there is reused)")
@@ -444,6 +460,8 @@ BENCHMARKS = {
             "(--smoke: the CPU plumbing run)", _bench_gpu_args, _bench_gpu),
     "mom": ("a mixture-of-memories layer vs one Gated DeltaNet layer: fwd+bwd time and memory",
             _bench_mom_args, _bench_mom),
+    "grid": ("2-D grid ops (pLSTM P/D, 2-D SSM): row sweep vs cell loop, forward and backward",
+             _bench_grid_args, _bench_grid),
     "liger": ("pretrain attention, convert to Liger variants, LoRA fine-tune on 2% of the bytes; vs from scratch",
               _bench_liger_args, _bench_liger),
     "sp": ("sequence parallelism on W local gloo ranks: bytes sent, memory per rank, time", _bench_sp_args, _bench_sp),

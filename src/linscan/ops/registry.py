@@ -46,6 +46,8 @@ def resolve(family: str, backend: str = "auto", device: torch.device | str | Non
     if backend == "auto":
         backend = os.environ.get("LINSCAN_BACKEND", "").strip() or _default(impls, device)
         origin = "LINSCAN_BACKEND" if os.environ.get("LINSCAN_BACKEND", "").strip() else "backend"
+        if origin == "LINSCAN_BACKEND" and backend not in impls and _known(backend):
+            backend = _default(impls, device)    # e.g. "chunk" for the scans: the grids' own default
     else:
         origin = "backend"
     if backend not in impls:
@@ -53,6 +55,11 @@ def resolve(family: str, backend: str = "auto", device: torch.device | str | Non
             f"{origin}: expected one of {sorted(impls) + ['auto']} for family {family!r}, got {backend!r}"
         )
     return backend
+
+
+def _known(backend: str) -> bool:
+    """Whether some family registers ``backend``."""
+    return any(backend in impls for impls in _BACKENDS.values())
 
 
 def get(family: str, backend: str = "auto", device: torch.device | str | None = None) -> Callable:
