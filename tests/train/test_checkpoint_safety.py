@@ -224,6 +224,7 @@ def test_fresh_train_into_an_existing_run_refuses_and_deletes_nothing(tmp_path, 
 def test_sigint_then_resume_equals_uninterrupted(tmp_path, text_file, reference, capsys,
                                                  where, signals, saved, latest):
     args = micro_args(tmp_path / "run", text_file)
+    handler = signal.getsignal(signal.SIGINT)   # Python's default, or SIG_IGN under nohup / a background job
     with pytest.MonkeyPatch.context() as mp:
         if where == "step":
             sigint_when(mp, loop, "batch_at", 2 if signals == 1 else 5 + 1, signals)  # + 1: the eval at step 3
@@ -234,7 +235,7 @@ def test_sigint_then_resume_equals_uninterrupted(tmp_path, text_file, reference,
     assert saved in capsys.readouterr().err
     assert latest_name(args.out) == latest
     assert checkpoint.load_trainer_state(args.out)["step"] == int(latest[5:])
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is handler      # the training loop put it back
     train(resumed(args))
     assert rows(args.out) == reference
 
