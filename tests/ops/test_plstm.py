@@ -53,6 +53,18 @@ def test_sweep_matches_naive_with_gradients(X, Y, mode, orientation):
             assert g_ref[name].norm() > 0, name
 
 
+@pytest.mark.parametrize("mode", ["P", "D"])
+@pytest.mark.parametrize("X, Y", [(70, 2), (2, 37)])
+def test_sweep_matches_naive_across_scan_chunks(X, Y, mode):
+    """Lines longer than the sweep's transfer-matrix chunk (sweep.CHUNK = 32): chunks chained."""
+    inputs = grid_inputs(X, Y, mode, seed=X + Y, B=1, H=1, K=2, V=1)
+    o_ref, g_ref = forward_backward(plstm2d, inputs, mode=mode, backend="naive")
+    o, g = forward_backward(plstm2d, inputs, mode=mode, backend="sweep")
+    torch.testing.assert_close(o, o_ref, **TOL)
+    for name in NAMES:
+        torch.testing.assert_close(g[name], g_ref[name], **TOL, msg=lambda m: f"grad {name}: {m}")
+
+
 @pytest.mark.parametrize("orientation", [1, 2, 3])
 @pytest.mark.parametrize("mode", ["P", "D"])
 def test_orientation_flips_inputs_and_output(mode, orientation):

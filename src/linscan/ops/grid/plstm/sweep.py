@@ -1,8 +1,8 @@
 """Fast pLSTM backends: scalar-per-head scans as transfer-matrix matmuls (MATH.md 8.2), differentiable.
 
 Every state is a scalar-per-head recurrence on ``[K, V]`` matrices, so each
-1-D piece is one L x L transfer matrix per head applied to all ``K * V`` channels
-by a matmul (signed: tanh transitions may be negative, so no log-space decay).
+1-D piece is a chain of C x C transfer matrices per head applied to all ``K * V``
+channels by matmuls (signed: tanh transitions may be negative, so no log-space decay).
 Autograd runs through the matmuls.
 
     1-D:     C = scan_t(T, S k v^T);  C_{t-1} by a shift of one token
@@ -88,22 +88,31 @@ def _d_sweep(T, w_r, w_d):
     return _shift(r, dim=1), d_in                                      # R_{i-1,j}, D_{i,j-1}
 
 
+CHUNK = 32                  # positions per transfer matrix: its cost grows as CHUNK per position
+
+
 def _scan(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """h_n = a_n h_{n-1} + b_n along axis 1: a ``[N, L, H]`` (one scalar per head), b ``[N, L, H, K, V]``.
 
-    The transition is one scalar per head, so the whole scan is one matrix per head,
-    ``h_t = sum_{s<=t} P_ts b_s`` with ``P_ts = a_{s+1} ... a_t``, applied to every (K, V)
-    channel by a batched matmul (a per-channel linear_scan would repeat the same products
-    K V times). P is built by a cumulative product, not in log space: transitions may be
-    negative or zero.
+    The transition is one scalar per head, so a chunk of C positions is one C x C matrix per
+    head, ``h_t = sum_{s<=t} P_ts b_s + (a_1 ... a_t) h_0`` with ``P_ts = a_{s+1} ... a_t``, applied
+    to every (K, V) channel by a batched matmul (a per-channel linear_scan would repeat the same
+    products K V times); chunks are chained by their last state. P comes from a cumulative
+    product, not from log space: transitions may be negative or zero.
     """
-    N, L, H = a.shape
-    steps = torch.arange(L, device=a.device)
-    later = steps[:, None] > steps[None, :]                            # (t, s): t > s
-    factors = torch.where(later, a.transpose(1, 2)[..., :, None], torch.ones((), dtype=a.dtype, device=a.device))
-    P = factors.cumprod(dim=2).tril()                                  # (N, H, L(t), L(s))
-    h = torch.einsum("nhts,nshc->nthc", P, b.reshape(N, L, H, -1))     # (N, L, H, K V)
-    return h.view(b.shape)
+    h, outs = None, []
+    for a_c, b_c in zip(a.split(CHUNK, dim=1), b.split(CHUNK, dim=1)):  # split: one cat in the backward
+        N, C, H = a_c.shape
+        steps = torch.arange(C, device=a.device)
+        later = steps[:, None] > steps[None, :]                        # (t, s): t > s
+        one = torch.ones((), dtype=a.dtype, device=a.device)
+        P = torch.where(later, a_c.transpose(1, 2)[..., :, None], one).cumprod(dim=2).tril()  # (N, H, C, C)
+        h_c = torch.einsum("nhts,nshc->nthc", P, b_c.reshape(N, C, H, -1)).view(b_c.shape)
+        if h is not None:                                              # the state entering the chunk
+            h_c = h_c + a_c.cumprod(dim=1)[..., None, None] * h[:, None]
+        outs.append(h_c)
+        h = h_c[:, -1]
+    return torch.cat(outs, dim=1)
 
 
 def _shift(x: torch.Tensor, dim: int) -> torch.Tensor:
