@@ -14,7 +14,8 @@ from torch import nn
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj")
 
 
-def _peft():
+def require_peft():
+    """The peft module; ImportError naming the extra that installs it."""
     try:
         import peft
     except ImportError as err:
@@ -36,7 +37,7 @@ def apply_lora(model: nn.Module, *, rank: int = 8, alpha: float | None = None,
     names = [name for name, m in model.named_modules() if isinstance(m, nn.Linear) and name.split(".")[-1] in targets]
     if not names:
         raise ValueError(f"targets: no Linear named {list(targets)} in the model")
-    peft = _peft()
+    peft = require_peft()
     config = peft.LoraConfig(r=rank, lora_alpha=rank if alpha is None else alpha, lora_dropout=0.0,
                              target_modules=list(targets), bias="none")
     for p in model.parameters():

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..models import LinscanForCausalLM
 from .liger import liger
-from .lora import apply_lora, lora_parameters, merge_lora
+from .lora import require_peft, apply_lora, lora_parameters, merge_lora
 from .source import load_source
 
 
@@ -63,6 +63,8 @@ def linearize_model(source, train_args, *, recurrence: str = "gla", window: int 
               "pattern": student.config.pattern, "parameters": student.num_parameters(),
               "teacher_parameters": teacher.num_parameters()}
     byte_level = teacher.config.vocab_size == 256
+    if train_args.steps > 0:
+        require_peft()                  # a missing peft fails now, not after the evaluations
     if train_args.steps > 0 and not byte_level:
         raise ValueError(f"steps: fine-tuning reads bytes (the embedded corpus or --data), so it needs a byte-level "
                          f"model (vocab 256), got vocab {teacher.config.vocab_size}; pass --steps 0 to convert only")
