@@ -216,3 +216,20 @@ def test_every_preset_names_a_comparison_of_known_mixers():
         assert len(preset.mixers) >= 2, name
         for mixer in preset.mixers:
             parse_mixer(mixer)
+
+
+def test_head_dim_sets_every_mixers_state_size():
+    """--head-dim (EvalPreset.head_dim) reaches the recurrent state: K x V per head of every layer."""
+    preset = get_preset("mqar", head_dim=4, n_heads=4)
+    model = build_model(parse_mixer("gated_deltanet+attention 1:1"), preset, vocab_size=16, seed=0)
+    assert [b.mixer.head_dim for b in model.blocks] == [4, 4]
+    _, state = model(torch.randint(0, 16, (1, 5)))[:2]
+    assert list(state[0]["S"].shape) == [1, 4, 4, 8]          # gated_deltanet: K = 4, V = 2 K
+    with pytest.raises(ValueError, match="head_dim"):
+        get_preset("mqar", head_dim=0)
+
+
+def test_eval_cli_heads_and_head_dim_options(capsys):
+    with pytest.raises(SystemExit):
+        main(["eval", "mqar", "--head-dim", "0"])
+    assert "--head-dim" in capsys.readouterr().err
