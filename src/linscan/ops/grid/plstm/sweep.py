@@ -34,7 +34,7 @@ def plstm1d_sweep(q, k, v, S, T, M, E, *, scale):
     # 2. the states C_t along the sequence, then the ones the marks read, C_{t-1}
     c_in = _shift(_scan(T, write), dim=1)                              # (B, L, H, K, V)
     # 3. o_t = s [M_t C_{t-1}^T q_t + E_t (q_t . k_t) v_t]
-    o = _read_out(q_, k_, v_, M[..., None, None] * c_in, E, scale)
+    o = _read_out(q_, k_, v_, [(c_in, M)], E, scale)
     return o.to(q.dtype)
 
 
@@ -52,9 +52,8 @@ def plstm2d_sweep(q, k, v, S, T, M, E, *, scale, mode="P", orientation=0):
     w_r, w_d = S[..., 0, None, None] * write, S[..., 1, None, None] * write
     # 2. the incoming states of every cell, R_{i-1,j} and D_{i,j-1}
     r_in, d_in = (_p_sweep if mode == "P" else _d_sweep)(T, w_r, w_d)  # (B, X, Y, H, K, V) each
-    # 3. o_ij = s [(M^l R_{i-1,j} + M^u D_{i,j-1})^T q_ij + E_ij (q_ij . k_ij) v_ij]
-    marked = M[..., 0, None, None] * r_in + M[..., 1, None, None] * d_in
-    o = _read_out(q_, k_, v_, marked, E, scale)
+    # 3. o_ij = s [M^l R_{i-1,j}^T q_ij + M^u D_{i,j-1}^T q_ij + E_ij (q_ij . k_ij) v_ij]
+    o = _read_out(q_, k_, v_, [(r_in, M[..., 0]), (d_in, M[..., 1])], E, scale)
     return (o.flip(flips) if flips else o).to(q.dtype)
 
 
@@ -121,8 +120,10 @@ def _shift(x: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.cat((first, x.narrow(dim, 0, x.shape[dim] - 1)), dim=dim)
 
 
-def _read_out(q, k, v, marked, E, scale):
-    """s [marked^T q + E (q . k) v]; q, k ``[..., H, K]``, v ``[..., H, V]``, marked ``[..., H, K, V]``."""
-    read = torch.einsum("...hkv,...hk->...hv", marked, q)
+def _read_out(q, k, v, incoming, E, scale):
+    """s [sum_(C, m) m C^T q + E (q . k) v]; q, k ``[..., H, K]``, v ``[..., H, V]``, incoming: pairs
+    (state ``[..., H, K, V]``, mark ``[..., H]``). Each state is read by q before the mark scales it:
+    one pass over the big state tensors instead of forming ``sum m C`` first."""
+    read = sum(m[..., None] * torch.einsum("...hkv,...hk->...hv", C, q) for C, m in incoming)
     direct = (E * torch.einsum("...hk,...hk->...h", q, k))[..., None] * v
     return scale * (read + direct)
