@@ -47,9 +47,9 @@ def plstm2d_sweep(q, k, v, S, T, M, E, *, scale, mode="P", orientation=0):
     if flips:
         inputs = tuple(x.flip(flips) for x in inputs)
     q_, k_, v_, S, T, M, E = inputs
-    # 1. every cell's writes into its outgoing R and D states, S^r k v^T and S^d k v^T
-    write = torch.einsum("bxyhk,bxyhv->bxyhkv", k_, v_)
-    w_r, w_d = S[..., 0, None, None] * write, S[..., 1, None, None] * write
+    # 1. every cell's writes into its outgoing R and D states, (S^r k) v^T and (S^d k) v^T: the gate
+    #    scales k, so no grid-sized k v^T is formed and then scaled twice
+    w_r, w_d = (torch.einsum("bxyhk,bxyhv->bxyhkv", k_ * S[..., e, None], v_) for e in (0, 1))
     # 2. the incoming states of every cell, R_{i-1,j} and D_{i,j-1}
     r_in, d_in = (_p_sweep if mode == "P" else _d_sweep)(T, w_r, w_d)  # (B, X, Y, H, K, V) each
     # 3. o_ij = s [M^l R_{i-1,j}^T q_ij + M^u D_{i,j-1}^T q_ij + E_ij (q_ij . k_ij) v_ij]
