@@ -72,14 +72,12 @@ def run(out: str, *, teacher_steps: int = 1500, fraction: float = 0.02, batch_si
         options = VARIANTS[name]
         log(f"2. {name}: convert, LoRA fine-tune {steps} steps of {finetune_batch_size} x {seq_len} bytes")
         report = linearize_model(teacher, replace(short, lr=finetune_lr, weight_decay=0.0, out=str(out / name / "finetune")),
-                                 out=out / name, **options)
+                                 out=out / name, eval_args=base, **options)   # scored on the teacher's windows
         log(f"3. {name}: from scratch on the same bytes")
         fresh = LinscanForCausalLM(liger(teacher, **options).config)   # the same architecture, new weights
         scratch = train(replace(short, lr=3e-3, warmup=max(1, steps // 10), out=str(out / name / "scratch")),
                         model=fresh)["model"].eval()
-        # every score on the teacher's validation windows (the fine-tune's own use its batch size)
-        converted_bpb = validation_bpb(liger(teacher, **options), corpus, base)
-        finetuned_bpb = validation_bpb(report["model"], corpus, base)
+        converted_bpb, finetuned_bpb = report["converted_val_bpb"], report["finetuned_val_bpb"]
         scratch_bpb = validation_bpb(scratch, corpus, base)
         rows.append({"variant": name, **options, "converted_bpb": converted_bpb, "finetuned_bpb": finetuned_bpb,
                      "scratch_bpb": scratch_bpb, "recovery_converted": recovery(unigram, teacher_bpb, converted_bpb),

@@ -14,19 +14,11 @@ from .source import load_source
 
 def validation_bpb(model: LinscanForCausalLM, corpus, args) -> float:
     """Validation bits per byte of ``model`` on ``corpus.val`` (the trainer's fixed windows)."""
-    from ..train.loop import _device, evaluate
+    from ..train.loop import _device, autocast, evaluate
 
     device = _device(args.device)
     model = model.to(device)
-    return evaluate(model, corpus.val, args, device, lambda: _autocast(device))
-
-
-def _autocast(device):
-    import contextlib
-
-    import torch
-
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+    return evaluate(model, corpus.val, args, device, lambda: autocast(device))
 
 
 def recovery(unigram: float, teacher: float, student: float) -> float:
@@ -37,7 +29,7 @@ def recovery(unigram: float, teacher: float, student: float) -> float:
 
 def linearize_model(source, train_args, *, recurrence: str = "gla", window: int | None = 64,
                     recurrent_weight: float = 0.5, keep_attention_every: int | None = None, rank: int = 8,
-                    out: str | Path | None = None, log=sys.stderr) -> dict:
+                    out: str | Path | None = None, log=sys.stderr, eval_args=None) -> dict:
     """Convert ``source``'s attention layers to Liger layers, fine-tune LoRA adapters, merge them.
 
     source: a ``LinscanForCausalLM`` or a folder for :func:`load_source`.
@@ -47,6 +39,8 @@ def linearize_model(source, train_args, *, recurrence: str = "gla", window: int 
     recurrence, window, recurrent_weight, keep_attention_every: as :func:`linscan.convert.liger`.
     rank: LoRA rank on q, k, v (alpha = rank).
     out: write ``out/model`` (the merged model folder) and ``out/linearize.json`` (the report).
+    eval_args: the ``TrainArgs`` whose batch size, length and count of windows score the models
+        (default ``train_args``: the validation windows of the fine-tune's own batch size).
     Returns the report: validation bits per byte of the teacher, the converted model before and
     after the fine-tune, the unigram baseline and the recovery, parameter counts, tokens; with
     ``"model"``, the converted model (not written to JSON).
@@ -71,8 +65,9 @@ def linearize_model(source, train_args, *, recurrence: str = "gla", window: int 
     if byte_level:
         corpus = load_corpus(train_args.data)
         report["unigram_bpb"] = unigram_entropy_bits(corpus.val)
-        report["teacher_val_bpb"] = validation_bpb(teacher, corpus, train_args)
-        report["converted_val_bpb"] = validation_bpb(student, corpus, train_args)
+        scoring = eval_args or train_args
+        report["teacher_val_bpb"] = validation_bpb(teacher, corpus, scoring)
+        report["converted_val_bpb"] = validation_bpb(student, corpus, scoring)
         print(f"linearize: teacher {report['teacher_val_bpb']:.3f} bits per byte, converted "
               f"{report['converted_val_bpb']:.3f} before fine-tuning (unigram {report['unigram_bpb']:.3f})", file=log)
     if train_args.steps > 0:
@@ -82,7 +77,7 @@ def linearize_model(source, train_args, *, recurrence: str = "gla", window: int 
         merge_lora(student)
         report["tokens"] = train_args.steps * train_args.batch_size * train_args.seq_len * train_args.grad_accum
         report["finetune_seconds"] = summary["seconds"]
-        report["finetuned_val_bpb"] = validation_bpb(student, corpus, train_args)
+        report["finetuned_val_bpb"] = validation_bpb(student, corpus, scoring)
         report["recovery"] = recovery(report["unigram_bpb"], report["teacher_val_bpb"], report["finetuned_val_bpb"])
         print(f"linearize: fine-tuned {report['finetuned_val_bpb']:.3f} bits per byte, recovery "
               f"{report['recovery']:.1%} of the teacher", file=log)

@@ -111,9 +111,14 @@ class _Run:
         return self.rank // (1 if self.sequence is None else self.sequence.world)
 
     def autocast(self):
-        if self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        return autocast(self.device)
+
+
+def autocast(device: torch.device):
+    """The training precision: bfloat16 autocast on CUDA, none on the CPU."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 class _Interrupts:
