@@ -29,7 +29,7 @@ def recovery(unigram: float, teacher: float, student: float) -> float:
 
 def linearize_model(source, train_args, *, recurrence: str = "gla", window: int | None = 64,
                     recurrent_weight: float = 0.5, keep_attention_every: int | None = None, rank: int = 8,
-                    out: str | Path | None = None, log=sys.stderr, eval_args=None) -> dict:
+                    out: str | Path | None = None, log=None, eval_args=None) -> dict:
     """Convert ``source``'s attention layers to Liger layers, fine-tune LoRA adapters, merge them.
 
     source: a ``LinscanForCausalLM`` or a folder for :func:`load_source`.
@@ -45,6 +45,7 @@ def linearize_model(source, train_args, *, recurrence: str = "gla", window: int 
     after the fine-tune, the unigram baseline and the recovery, parameter counts, tokens; with
     ``"model"``, the converted model (not written to JSON).
     """
+    log = sys.stderr if log is None else log          # looked up per call: stderr may be replaced (pytest, notebooks)
     from ..data import load_corpus, unigram_entropy_bits
     from ..train import checkpoint
     from ..train.loop import train
