@@ -460,7 +460,7 @@ BENCHMARKS = {
             "(--smoke: the CPU plumbing run)", _bench_gpu_args, _bench_gpu),
     "mom": ("a mixture-of-memories layer vs one Gated DeltaNet layer: fwd+bwd time and memory",
             _bench_mom_args, _bench_mom),
-    "grid": ("2-D grid ops (pLSTM P/D, 2-D SSM): row sweep vs cell loop, forward and backward",
+    "grid": ("2-D grid ops (pLSTM P/D, 2-D SSM): tiled and row-sweep backends vs the cell loop, forward and backward",
              _bench_grid_args, _bench_grid),
     "liger": ("pretrain attention, convert to Liger variants, LoRA fine-tune on 2% of the bytes; vs from scratch",
               _bench_liger_args, _bench_liger),
@@ -518,6 +518,27 @@ def _linearize(args) -> int:
     return linearize(args)
 
 
+def _grid_task(module: str):
+    """``linscan eval arrow`` / ``linscan eval forecast``: tasks on images and multivariate series,
+    with their own options (``linscan.eval.<module>.add_arguments`` and ``run``)."""
+    def add_arguments(p):
+        import importlib
+        importlib.import_module(f"linscan.eval.{module}").add_arguments(p)
+
+    def handler(args) -> int:
+        import importlib
+        return importlib.import_module(f"linscan.eval.{module}").run(args)
+
+    return add_arguments, handler
+
+
+# eval tasks that are not token sequences: parsed by their own parser (``linscan eval arrow --help``)
+EVAL_TASKS = {
+    "arrow": ("arrow pointing: train image classifiers at one size, test at a larger one", *_grid_task("arrow")),
+    "forecast": ("multivariate forecasting: the 2-D SSM against per-variate and linear baselines",
+                 *_grid_task("forecast")),
+}
+
 COMMANDS = {
     "info": ("versions, devices and registered backends", _info_args, _info),
     "train": ("train a language model (default: tiny hybrid on the stdlib corpus)", _train_args, _train),
@@ -527,6 +548,14 @@ COMMANDS = {
                   _linearize_args, _linearize),
     "bench": ("benchmarks (linscan bench ops --help)", _bench_args, None),
 }
+
+
+def _eval_task_parser(task: str) -> argparse.ArgumentParser:
+    help_text, add_arguments, handler = EVAL_TASKS[task]
+    parser = _Parser(prog=f"linscan eval {task}", description=help_text)
+    add_arguments(parser)
+    parser.set_defaults(handler=handler)
+    return parser
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -554,7 +583,10 @@ def _passive_openmp(argv: list[str]) -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     _passive_openmp(argv)
-    args = build_parser().parse_args(argv)
+    if argv[:1] == ["eval"] and argv[1:2] and argv[1] in EVAL_TASKS:
+        args = _eval_task_parser(argv[1]).parse_args(argv[2:])
+    else:
+        args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
     except CliError as e:

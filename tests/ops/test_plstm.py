@@ -1,5 +1,6 @@
-"""pLSTM ops (MATH.md 8.2): sweep vs the float64 cell loop (outputs and gradients of every input),
-the closed-form path sums, the 1-D reductions, orientations and validation."""
+"""pLSTM ops (MATH.md 8.2): the fast backends (sweep, tile) vs the float64 cell loop (outputs and
+gradients of every input), the closed-form path sums, the 1-D reductions, orientations and
+validation."""
 
 from math import comb
 
@@ -7,10 +8,11 @@ import pytest
 import torch
 
 from linscan.ops import available, decay_scan, resolve
-from linscan.ops.grid.plstm import normalize_transitions, plstm1d, plstm2d
+from linscan.ops.grid.plstm import normalize_transitions, plstm1d, plstm2d, tile
 
 TOL = dict(rtol=1e-10, atol=1e-10)
 GRIDS = [(1, 1), (1, 7), (5, 3), (6, 7)]
+FAST = ["sweep", "tile"]
 NAMES = ("q", "k", "v", "S", "T", "M", "E")
 
 
@@ -38,13 +40,14 @@ def forward_backward(op, inputs, **options):
     return o.detach(), {n: torch.zeros_like(t) if t.grad is None else t.grad for n, t in x.items()}
 
 
+@pytest.mark.parametrize("backend", FAST)
 @pytest.mark.parametrize("orientation", [0, 1, 2, 3])
 @pytest.mark.parametrize("mode", ["P", "D"])
 @pytest.mark.parametrize("X, Y", GRIDS)
-def test_sweep_matches_naive_with_gradients(X, Y, mode, orientation):
+def test_fast_matches_naive_with_gradients(X, Y, mode, orientation, backend):
     inputs = grid_inputs(X, Y, mode, seed=10 * X + Y, B=1 if X * Y > 20 else 2)
     o_ref, g_ref = forward_backward(plstm2d, inputs, mode=mode, orientation=orientation, backend="naive")
-    o, g = forward_backward(plstm2d, inputs, mode=mode, orientation=orientation, backend="sweep")
+    o, g = forward_backward(plstm2d, inputs, mode=mode, orientation=orientation, backend=backend)
     torch.testing.assert_close(o, o_ref, **TOL)
     assert o_ref.norm() > 0
     for name in NAMES:
@@ -60,6 +63,20 @@ def test_sweep_matches_naive_across_scan_chunks(X, Y, mode):
     inputs = grid_inputs(X, Y, mode, seed=X + Y, B=1, H=1, K=2, V=1)
     o_ref, g_ref = forward_backward(plstm2d, inputs, mode=mode, backend="naive")
     o, g = forward_backward(plstm2d, inputs, mode=mode, backend="sweep")
+    torch.testing.assert_close(o, o_ref, **TOL)
+    for name in NAMES:
+        torch.testing.assert_close(g[name], g_ref[name], **TOL, msg=lambda m: f"grad {name}: {m}")
+
+
+@pytest.mark.parametrize("mode", ["P", "D"])
+@pytest.mark.parametrize("X, Y, c", [(9, 17, 4), (13, 6, 4), (8, 8, 2), (7, 11, 3)])
+def test_tile_matches_naive_across_tiles(X, Y, c, mode, monkeypatch):
+    """Several tiles per axis, partial tiles at both ends, every anti-diagonal shape: the states
+    crossing tile borders, the tile-level recurrence and the padding."""
+    monkeypatch.setattr(tile, "TILE", c)
+    inputs = grid_inputs(X, Y, mode, seed=X * Y + c, B=1, H=2, K=2, V=3)
+    o_ref, g_ref = forward_backward(plstm2d, inputs, mode=mode, orientation=3, backend="naive")
+    o, g = forward_backward(plstm2d, inputs, mode=mode, orientation=3, backend="tile")
     torch.testing.assert_close(o, o_ref, **TOL)
     for name in NAMES:
         torch.testing.assert_close(g[name], g_ref[name], **TOL, msg=lambda m: f"grad {name}: {m}")
@@ -107,7 +124,7 @@ def expected_kernel(per_offset, source, E):
     return G
 
 
-@pytest.mark.parametrize("backend", ["naive", "sweep"])
+@pytest.mark.parametrize("backend", ["naive", *FAST])
 @pytest.mark.parametrize("source", [(0, 0), (1, 2)])
 def test_p_mode_constant_split_is_binomial(backend, source):
     # default options: normalize=True leaves an exact split (sum_out |T| = 1) unchanged
@@ -117,7 +134,7 @@ def test_p_mode_constant_split_is_binomial(backend, source):
     torch.testing.assert_close(G, want, **TOL)
 
 
-@pytest.mark.parametrize("backend", ["naive", "sweep"])
+@pytest.mark.parametrize("backend", ["naive", *FAST])
 @pytest.mark.parametrize("source", [(0, 0), (1, 2)])
 def test_d_mode_single_path(backend, source):
     lam = 0.8
@@ -129,14 +146,14 @@ def test_d_mode_single_path(backend, source):
     torch.testing.assert_close(G, expected_kernel(one_path, source, 0.0), **TOL)
 
 
-@pytest.mark.parametrize("backend", ["naive", "sweep"])
+@pytest.mark.parametrize("backend", ["naive", *FAST])
 def test_unnormalised_all_ones_counts_lattice_paths(backend):
     G = kernel([1, 1], [1, 1, 1, 1], [1, 1], 0.0, (0, 0), normalize=False, backend=backend)
     torch.testing.assert_close(G, expected_kernel(lambda r, c: comb(r + c, r), (0, 0), 0.0), **TOL)
     assert G[5, 6].item() == pytest.approx(462.0, abs=1e-9)
 
 
-@pytest.mark.parametrize("backend", ["naive", "sweep"])
+@pytest.mark.parametrize("backend", ["naive", *FAST])
 def test_normaliser_is_on_by_default(backend):
     # regression: all-ones T must not explode; each T becomes 1/2, so G = C(n, r) / 2^(n-1) <= 1
     G = kernel([1, 1], [1, 1, 1, 1], [1, 1], 0.0, (0, 0), backend=backend)
@@ -190,14 +207,15 @@ def test_plstm1d_is_decay_scan(backend):
     torch.testing.assert_close(o, o_ref, **TOL)
 
 
+@pytest.mark.parametrize("backend", FAST)
 @pytest.mark.parametrize("mode", ["P", "D"])
 @pytest.mark.parametrize("axis", ["X", "Y"])
-def test_plstm2d_on_a_line_is_plstm1d(axis, mode):
+def test_plstm2d_on_a_line_is_plstm1d(axis, mode, backend):
     # Y = 1: only R runs (D_{i,-1} = 0), gates (S^r, T^rl, M^l); X = 1: only D, gates (S^d, T^du, M^u)
     g = grid_inputs(6, 1, mode, seed=7) if axis == "X" else grid_inputs(1, 6, mode, seed=7)
     line = 2 if axis == "X" else 1                       # the grid axis of length 1
     s, t, m = (0, 0, 0) if axis == "X" else (1, 3, 1)
-    o = plstm2d(**g, mode=mode, normalize=False, backend="sweep").squeeze(line)
+    o = plstm2d(**g, mode=mode, normalize=False, backend=backend).squeeze(line)
     o_1d = plstm1d(*(g[n].squeeze(line) for n in ("q", "k", "v")), g["S"][..., s].squeeze(line),
                    g["T"][..., t].squeeze(line), g["M"][..., m].squeeze(line), g["E"].squeeze(line),
                    backend="naive")
@@ -214,11 +232,12 @@ def test_float32_output_dtype_and_accuracy():
     assert ((o.double() - ref).norm() / ref.norm()).item() < 1e-5
 
 
-def test_registry_lists_backends_and_auto_is_sweep(monkeypatch):
+def test_registry_lists_backends_and_auto_is_tile(monkeypatch):
     monkeypatch.delenv("LINSCAN_BACKEND", raising=False)
-    assert available()["plstm2d"] == ["naive", "sweep"]
+    assert available()["plstm2d"] == ["naive", "sweep", "tile"]
     assert available()["plstm1d"] == ["naive", "sweep"]
-    assert resolve("plstm2d", "auto", "cpu") == "sweep"
+    assert resolve("plstm2d", "auto", "cpu") == "tile"
+    assert resolve("plstm1d", "auto", "cpu") == "sweep"
 
 
 def _bad(name, value):

@@ -54,7 +54,7 @@ def eval_args(p: argparse.ArgumentParser) -> None:
     p.epilog = (f"Mixers: {', '.join(NAMES)}, or hybrids 'first+second R:S' (e.g. 'gated_deltanet+attention 3:1' "
                 "= pattern DDDA). Defaults for model size, steps, batch size and lr: the task's preset "
                 "(linscan.eval.presets).")
-    p.add_argument("task", help="parity, arith, arith_brackets, s3, a5, s5 or mqar")
+    p.add_argument("task", help="parity, arith, arith_brackets, s3, a5, s5 or mqar (and, with their own options: arrow, forecast)")
     p.add_argument("--mixers", default=None,
                    help="comma-separated mixer names (default: the task preset's comparison)")
     p.add_argument("--train-len", type=length_range, default=None, metavar="A..B",

@@ -68,8 +68,8 @@ def get(family: str, backend: str = "auto", device: torch.device | str | None = 
     return _BACKENDS[family][name]
 
 
-# the fast CPU backend of a family: chunkwise for the 1-D scans, a row sweep for the 2-D grids
-FAST = ("chunk", "sweep")
+# the fast CPU backend of a family: chunkwise for the 1-D scans, tiles (pLSTM) or a row sweep for the 2-D grids
+FAST = ("chunk", "tile", "sweep")
 
 
 def _default(impls: dict[str, Callable], device: torch.device | str | None) -> str:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 
 from ... import checks, registry
-from . import naive, sweep  # noqa: F401  (register the backends)
+from . import naive, sweep, tile  # noqa: F401  (register the backends)
 
 MODES = ("P", "D")
 ORIENTATIONS = {0: "(0, 0)", 1: "(X-1, 0)", 2: "(0, Y-1)", 3: "(X-1, Y-1)"}
