@@ -451,6 +451,28 @@ def _bench_liger(args) -> int:
     return 0
 
 
+def _bench_lmul_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ckpt", default="runs/tiny", metavar="DIR",
+                   help="a trained model with attention layers (default runs/tiny: the main job's)")
+    p.add_argument("--data", default=None, metavar="PATH", help="validation text (default: the standard library)")
+    p.add_argument("--eval-batches", type=positive_int, default=4, help="validation batches of 4 x 128 bytes")
+    p.add_argument("--threads", type=positive_int, default=2, help="torch CPU threads (default 2)")
+    p.add_argument("--out", default=None, metavar="DIR", help="also write DIR/lmul.json")
+
+
+def _bench_lmul(args) -> int:
+    from linscan.bench import lmul
+    from linscan.train.checkpoint import CheckpointError
+
+    try:
+        lmul.run(args.ckpt, data=args.data, eval_batches=args.eval_batches, threads=args.threads, out=args.out)
+    except CheckpointError as e:
+        raise CliError(f"--ckpt: {str(e).removeprefix('checkpoint: ')}") from e
+    except ValueError as e:
+        raise option_error(e, {"ckpt": "--ckpt", "data": "--data"}) from e
+    return 0
+
+
 BENCHMARKS = {
     "ops": ("scan ops vs their token loop and peers (fla, mlstm_kernels, SDPA)", _bench_ops_args, _bench_ops),
     "model": ("per-token decode time against context length, training tokens/s", _bench_model_args, _bench_model),
@@ -465,6 +487,8 @@ BENCHMARKS = {
     "liger": ("pretrain attention, convert to Liger variants, LoRA fine-tune on 2% of the bytes; vs from scratch",
               _bench_liger_args, _bench_liger),
     "sp": ("sequence parallelism on W local gloo ranks: bytes sent, memory per rank, time", _bench_sp_args, _bench_sp),
+    "lmul": ("L-Mul vs float8 products (random and a trained model's attention operands); bits per byte "
+             "with L-Mul attention", _bench_lmul_args, _bench_lmul),
 }
 
 

@@ -61,3 +61,33 @@ def test_packed_mask_is_block_diagonal():
     y2, _ = attn(x2, cu_seqlens=cu)
     assert torch.equal(y[:, :4], y2[:, :4]) and torch.equal(y[:, 12:], y2[:, 12:])
     torch.testing.assert_close(y[:, 4:12], reference(attn, x[:, 4:12], 6), **TOL)
+
+
+# ---- L-Mul attention (linscan.numerics.lmul_attention inside the mixer) ---------------------------
+
+def test_lmul_attention_option_matches_the_numerics_reference():
+    from linscan.numerics import lmul_attention
+    torch.manual_seed(3)
+    layer = Attention(16, 2)
+    x = torch.randn(2, 7, 16)
+    exact, _ = layer(x)
+    q, k, v = layer.project(x)
+    positions = torch.arange(7).expand(2, 7)
+    q, k = layer.rotary(q, positions), layer.rotary(k, positions)
+    for bits in (None, 4, 3):
+        lmul = Attention(16, 2, lmul=True, lmul_bits=bits)
+        lmul.load_state_dict(layer.state_dict())
+        y, _ = lmul(x)
+        want = layer.o_proj(lmul_attention(q, k, v, mantissa_bits=bits).reshape(2, 7, 16))
+        torch.testing.assert_close(y, want)
+        error = ((y - exact).norm() / exact.norm()).item()
+        assert 1e-4 < error < 0.2, (bits, error)          # approximate, but close
+
+
+def test_lmul_attention_refuses_what_it_does_not_emulate():
+    layer = Attention(16, 2, lmul=True)
+    _, cache = Attention(16, 2)(torch.randn(1, 3, 16))
+    with pytest.raises(NotImplementedError, match="lmul=True"):
+        layer(torch.randn(1, 1, 16), state=cache)
+    with pytest.raises(ValueError, match=r"lmul_bits: expected None or an int in 1..23, got 0"):
+        Attention(16, 2, lmul=True, lmul_bits=0)

@@ -25,6 +25,10 @@ class Attention(nn.Module):
         qkv_bias: biases on the q, k, v projections.
         n_kv_heads: key/value heads (grouped-query attention; None: H). Query head h reads
             key/value head ``h // (H / n_kv_heads)``, as Llama's ``repeat_kv``.
+        lmul: compute the score and value products with L-Mul (``linscan.numerics.lmul_attention``:
+            each product an integer add of float bit patterns, sums and softmax in float32) instead
+            of SDPA: an emulation for accuracy studies (slow), on whole sequences without a cache.
+        lmul_bits: L-Mul's mantissa bits (None: all 23 of float32); only with ``lmul``.
 
     State (the KV cache): ``{"k": [N, L, Hkv, D], "v": [N, L, Hkv, D], "pos": [N] int64}``.
     ``pos`` counts the tokens seen; row n holds the (rotated) keys and values of that
@@ -34,8 +38,14 @@ class Attention(nn.Module):
 
     def __init__(self, d_model: int, n_heads: int, *, head_dim: int | None = None, layer_idx: int = 0,
                  window: int | None = None, rope_base: float = 10000.0, qkv_bias: bool = False,
-                 n_kv_heads: int | None = None):
+                 n_kv_heads: int | None = None, lmul: bool = False, lmul_bits: int | None = None):
         super().__init__()
+        if not isinstance(lmul, bool):
+            raise ValueError(f"lmul: expected a bool, got {lmul!r}")
+        if lmul_bits is not None and (isinstance(lmul_bits, bool) or not isinstance(lmul_bits, int)
+                                      or not 1 <= lmul_bits <= 23):
+            raise ValueError(f"lmul_bits: expected None or an int in 1..23, got {lmul_bits!r}")
+        self.lmul, self.lmul_bits = lmul, lmul_bits
         if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window < 1):
             raise ValueError(f"window: expected None or an int >= 1, got {window!r}")
         n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
@@ -80,7 +90,15 @@ class Attention(nn.Module):
         q, k = self.rotary(q, qpos), self.rotary(k, qpos)
         if sequence.group_of(self) is not None:  # LASP-2H: keys and values gathered from every rank
             return sequence.op(self, "attention", None)(q, *self._repeat_kv(k, v), window=self.window), None
-        if state["k"].shape[1] == 0 and cu_seqlens is None and self.window is None:
+        plain = state["k"].shape[1] == 0 and cu_seqlens is None and self.window is None
+        if self.lmul:
+            if not plain:
+                raise NotImplementedError("Attention(lmul=True): only whole sequences without a cache, "
+                                          "window or cu_seqlens")
+            from ...numerics import lmul_attention
+
+            o = lmul_attention(q, *self._repeat_kv(k, v), mantissa_bits=self.lmul_bits).to(q.dtype).transpose(1, 2)
+        elif plain:
             keys, values = self._repeat_kv(k, v)
             o = F.scaled_dot_product_attention(*(t.transpose(1, 2) for t in (q, keys, values)), is_causal=True)
         else:

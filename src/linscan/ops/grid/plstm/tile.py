@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from ...dtypes import compute_dtype, upcast
 from ...registry import register
 
-TILE = 8                    # cells per tile side: inside work grows as TILE^2, border work as TILE
+TILE = 4                    # cells per tile side: inside work grows as TILE^2, border work as TILE
 
 
 @register("plstm2d", "tile")
