@@ -27,6 +27,7 @@ def test_cli_writes_the_table_and_files(tmp_path, capsys):
     (["--mixers", "vit"], "--mixers: expected names from plstm"),
     (["--train-size", "36"], "--train-size: expected a multiple of the patch size 8, got 36"),
     (["--test-size", "16"], "--test-size: expected >= train_size = 32, got 16"),
+    (["--device", "tpu"], "--device: expected auto, cpu, cuda or cuda:N, got 'tpu'"),
 ])
 def test_bad_values_are_one_line_errors(argv, message, capsys):
     assert main(["eval", "arrow", *TINY, *argv]) == 1

@@ -32,16 +32,18 @@ OPTIONS = {"mixers": "--mixers", "train_size": "--train-size", "test_size": "--t
            "patch_size": "--patch", "train_images": "--train-images", "test_images": "--test-images",
            "steps": "--steps", "batch_size": "--batch-size", "lr": "--lr", "d_model": "--d-model",
            "n_layers": "--layers", "n_heads": "--heads", "seeds": "--seeds", "threads": "--threads",
-           "out": "--out"}
+           "device": "--device", "out": "--out"}
 DEFAULT_MIXERS = ("plstm", "plstm_d", "lightnet", "attention")
 
 
 def run_arrow(mixers=DEFAULT_MIXERS, *, train_size: int = 96, test_size: int | None = None, patch_size: int = 8,
               train_images: int = 16384, test_images: int = 512, steps: int = 600, batch_size: int = 32,
               lr: float = 1e-3, d_model: int = 64, n_layers: int = 4, n_heads: int = 4, seeds: int = 1,
-              threads: int = 2, out: str | None = None, log=None) -> dict:
+              threads: int = 2, device: str = "auto", out: str | None = None, log=None) -> dict:
     """Train every mixer (``linscan.models.vision.MIXERS``) ``seeds`` times; module docstring.
 
+    device: "auto" (CUDA when available), "cpu", "cuda" or "cuda:N"; images stay on the CPU and
+    move per batch.
     Returns ``{"config": ..., "mixers": {name: {"runs": [{"seed", "acc": {size: accuracy}, "loss",
     "train_s"}], "acc": {size: mean}, "params"}}}``; sizes are the image sides (str keys in JSON).
     """
@@ -51,6 +53,12 @@ def run_arrow(mixers=DEFAULT_MIXERS, *, train_size: int = 96, test_size: int | N
                   train_images=train_images, test_images=test_images, steps=steps, batch_size=batch_size,
                   lr=lr, d_model=d_model, n_layers=n_layers, n_heads=n_heads, seeds=seeds, threads=threads)
     _check(config)
+    try:
+        device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                              "cpu" if device == "auto" else device)
+    except RuntimeError as e:
+        raise ValueError(f"device: expected auto, cpu, cuda or cuda:N, got {device!r}") from e
+    config["device"] = str(device)
     torch.set_num_threads(threads)
     train_task = ArrowPointing(train_size)
     sizes = [train_size, test_size]
@@ -66,7 +74,7 @@ def run_arrow(mixers=DEFAULT_MIXERS, *, train_size: int = 96, test_size: int | N
             vision = VisionConfig(image_size=train_size, patch_size=patch_size, d_model=d_model,
                                   n_layers=n_layers, n_heads=n_heads, mixer=name)
             runs.append(_train_and_test(vision, data, sizes, seed=seed, steps=steps, batch_size=batch_size,
-                                        lr=lr, log=log))
+                                        lr=lr, log=log, device=device))
         results["mixers"][name] = {"runs": runs, "params": runs[0]["params"],
                                    "acc": {s: sum(r["acc"][s] for r in runs) / len(runs) for s in sizes}}
     results["wall_seconds"] = time.perf_counter() - t0
@@ -88,10 +96,10 @@ def _check(config: dict) -> None:
 
 
 def _train_and_test(vision: VisionConfig, data: dict, sizes: list[int], *, seed: int, steps: int,
-                    batch_size: int, lr: float, log) -> dict:
+                    batch_size: int, lr: float, log, device=torch.device("cpu")) -> dict:
     """One model: train on data["train"], accuracy on data[size] for every size."""
     torch.manual_seed(seed)
-    model = VisionClassifier(vision)
+    model = VisionClassifier(vision).to(device)
     images, labels = data["train"]
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
     warmup = max(1, steps // 20)
@@ -104,14 +112,15 @@ def _train_and_test(vision: VisionConfig, data: dict, sizes: list[int], *, seed:
             order, position = torch.randperm(len(labels), generator=gen), 0
         batch = order[position:position + batch_size]
         position += batch_size
-        logits = model(images[batch])
-        loss = torch.nn.functional.cross_entropy(logits, labels[batch])
+        x, y = images[batch].to(device), labels[batch].to(device)
+        logits = model(x)
+        loss = torch.nn.functional.cross_entropy(logits, y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         schedule.step()
-        recent = (recent + [(loss.item(), (logits.argmax(-1) == labels[batch]).float().mean().item())])[-50:]
+        recent = (recent + [(loss.item(), (logits.argmax(-1) == y).float().mean().item())])[-50:]
         if (step + 1) % 50 == 0 or step + 1 == steps:
             mean_loss, mean_acc = (sum(x) / len(recent) for x in zip(*recent))
             print(f"arrow {vision.mixer} seed {seed}: step {step + 1}/{steps} loss {mean_loss:.3f} "
@@ -128,7 +137,8 @@ def _train_and_test(vision: VisionConfig, data: dict, sizes: list[int], *, seed:
 def accuracy(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, *, batch_size: int) -> float:
     """Fraction of ``images [N, 3, W, W]`` classified as ``labels [N]``."""
     model.eval()
-    correct = sum((model(x).argmax(-1) == y).sum().item()
+    device = next(model.parameters()).device
+    correct = sum((model(x.to(device)).argmax(-1).cpu() == y).sum().item()
                   for x, y in zip(images.split(batch_size), labels.split(batch_size)))
     model.train()
     return correct / len(labels)
@@ -195,6 +205,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--heads", type=positive_int, default=4)
     p.add_argument("--seeds", type=positive_int, default=1)
     p.add_argument("--threads", type=positive_int, default=2)
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
     p.add_argument("--out", default=None, metavar="DIR",
                    help="write DIR/results.json, accuracy.png and examples_<size>.png")
 
@@ -208,7 +219,8 @@ def run(args) -> int:
                             train_size=args.train_size, test_size=args.test_size, patch_size=args.patch,
                             train_images=args.train_images, test_images=args.test_images, steps=args.steps,
                             batch_size=args.batch_size, lr=args.lr, d_model=args.d_model, n_layers=args.layers,
-                            n_heads=args.heads, seeds=args.seeds, threads=args.threads, out=args.out)
+                            n_heads=args.heads, seeds=args.seeds, threads=args.threads, device=args.device,
+                            out=args.out)
     except ValueError as e:
         raise option_error(e, OPTIONS) from e
     print(format_table(results))
