@@ -473,6 +473,21 @@ def _bench_lmul(args) -> int:
     return 0
 
 
+def _bench_tcnca_args(p: argparse.ArgumentParser) -> None:
+    from linscan.bench import tcnca
+    tcnca.add_arguments(p)
+
+
+def _bench_tcnca(args) -> int:
+    from linscan.bench import tcnca
+
+    try:
+        tcnca.run_args(args)
+    except ValueError as e:      # the API's argument names are the options' without dashes
+        raise option_error(e, {name: "--" + name.replace("_", "-") for name in vars(args)}) from e
+    return 0
+
+
 def _bench_lcm_args(p: argparse.ArgumentParser) -> None:
     from linscan.bench import lcm
     lcm.add_arguments(p)
@@ -502,6 +517,8 @@ BENCHMARKS = {
     "liger": ("pretrain attention, convert to Liger variants, LoRA fine-tune on 2% of the bytes; vs from scratch",
               _bench_liger_args, _bench_liger),
     "sp": ("sequence parallelism on W local gloo ranks: bytes sent, memory per rank, time", _bench_sp_args, _bench_sp),
+    "tcnca": ("a TCNCA layer (dilated causal TCN + chunked attention) vs full attention: fwd+bwd time vs T",
+              _bench_tcnca_args, _bench_tcnca),
     "lcm": ("second minimum of a set: LCM (learnable commutative monoid) vs sum, mean, max, GRU; "
             "accuracy per set size, time per batch", _bench_lcm_args, _bench_lcm),
     "lmul": ("L-Mul vs float8 products (random and a trained model's attention operands); bits per byte "

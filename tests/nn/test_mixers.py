@@ -36,6 +36,8 @@ CASES = [
     ("pararnn_gru", {}),
     ("pararnn_lstm", {"hidden_size": 8}),
     ("alrnn", {"state_size": 6, "relu_units": 3}),
+    ("tcnca", {"chunk_size": 4, "tcn_layers": 2}),
+    ("tcnca", {"chunk_size": 3, "tcn_to_output": False}),
 ]
 IDS = [name + "".join(f"-{k}={v}" for k, v in opts.items()) for name, opts in CASES]
 TOL = dict(rtol=1e-9, atol=1e-9)

@@ -31,6 +31,7 @@ NAMES: dict[str, tuple[str, dict]] = {
     "mom": ("O", {}),                  # mixture of memories: top-2 of 4 Gated DeltaNet memories + a shared one
     "pararnn_gru": ("U", {}),          # nonlinear RNNs, trained by Newton iterations
     "pararnn_lstm": ("C", {}),
+    "tcnca": ("T", {}),                # dilated causal TCN + attention inside chunks of 64
 }
 
 _HYBRID = re.compile(r"^\s*([a-z0-9_]+)\s*\+\s*([a-z0-9_]+)\s*(?:(\d+)\s*:\s*(\d+))?\s*$")

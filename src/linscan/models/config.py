@@ -33,6 +33,7 @@ LETTERS = {
     "C": "pararnn_lstm",        # nonlinear LSTM-CIFG, 2 x 2 blocks, Newton-parallel (ParaRNN)
     "Z": "alrnn",               # almost-linear RNN, dense Jacobian, Newton-parallel
     "I": "liger",               # Liger: attention's own q, k, v as a gated recurrence (+ sliding window)
+    "T": "tcnca",               # TCNCA: dilated causal TCN, then softmax attention inside chunks
 }
 
 

@@ -19,6 +19,7 @@ from .mlstm import MLSTM
 from .mom import MoM
 from .pararnn import ALRNNMixer, ParaGRUMixer, ParaLSTMMixer
 from .retnet import RetNet
+from .tcnca import TCNCA
 
 MIXERS = {
     "linear_attention": LinearAttention,
@@ -36,7 +37,8 @@ MIXERS = {
     "alrnn": ALRNNMixer,
     "attention": Attention,
     "liger": Liger,
+    "tcnca": TCNCA,
 }
 
 __all__ = ["MIXERS", "Attention", "DeltaNet", "DeltaProduct", "GLA", "GatedDeltaNet", "HGRN2", "Lightning",
-           "Liger", "LinearAttention", "MLSTM", "MoM", "RetNet", "ParaGRUMixer", "ParaLSTMMixer", "ALRNNMixer", "lightning_slopes"]
+           "Liger", "LinearAttention", "MLSTM", "MoM", "RetNet", "ParaGRUMixer", "ParaLSTMMixer", "ALRNNMixer", "TCNCA", "lightning_slopes"]
