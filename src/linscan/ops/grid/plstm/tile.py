@@ -90,7 +90,8 @@ class _Tiling:
             x = x[..., None]
         B, X, Y, H, Fd = x.shape
         c, nI, nJ = self.c, self.nI, self.nJ
-        x = F.pad(x, (0, 0, 0, 0, 0, nJ * c - Y, 0, nI * c - X))
+        if (nI * c, nJ * c) != (X, Y):
+            x = F.pad(x, (0, 0, 0, 0, 0, nJ * c - Y, 0, nI * c - X))
         x = x.view(B, nI, c, nJ, c, H, Fd).permute(1, 3, 0, 5, 2, 4, 6)  # (nI, nJ, B, H, c, c, F)
         x = x.reshape(nI * nJ, B * H, c * c, Fd).index_select(0, self.order)
         return x.view(-1, c * c, Fd)
