@@ -473,34 +473,22 @@ def _bench_lmul(args) -> int:
     return 0
 
 
-def _bench_tcnca_args(p: argparse.ArgumentParser) -> None:
-    from linscan.bench import tcnca
-    tcnca.add_arguments(p)
+def _module_bench(module: str):
+    """``linscan bench <module>`` for a module with ``add_arguments(p)`` and ``run_args(args)`` whose
+    ValueErrors name the API's arguments (the options without dashes)."""
+    def add_arguments(p):
+        import importlib
+        importlib.import_module(f"linscan.bench.{module}").add_arguments(p)
 
+    def handler(args) -> int:
+        import importlib
+        try:
+            importlib.import_module(f"linscan.bench.{module}").run_args(args)
+        except ValueError as e:
+            raise option_error(e, {name: "--" + name.replace("_", "-") for name in vars(args)}) from e
+        return 0
 
-def _bench_tcnca(args) -> int:
-    from linscan.bench import tcnca
-
-    try:
-        tcnca.run_args(args)
-    except ValueError as e:      # the API's argument names are the options' without dashes
-        raise option_error(e, {name: "--" + name.replace("_", "-") for name in vars(args)}) from e
-    return 0
-
-
-def _bench_lcm_args(p: argparse.ArgumentParser) -> None:
-    from linscan.bench import lcm
-    lcm.add_arguments(p)
-
-
-def _bench_lcm(args) -> int:
-    from linscan.bench import lcm
-
-    try:
-        lcm.run_args(args)
-    except ValueError as e:      # the API's argument names are the options' without dashes
-        raise option_error(e, {name: "--" + name.replace("_", "-") for name in vars(args)}) from e
-    return 0
+    return add_arguments, handler
 
 
 BENCHMARKS = {
@@ -518,9 +506,9 @@ BENCHMARKS = {
               _bench_liger_args, _bench_liger),
     "sp": ("sequence parallelism on W local gloo ranks: bytes sent, memory per rank, time", _bench_sp_args, _bench_sp),
     "tcnca": ("a TCNCA layer (dilated causal TCN + chunked attention) vs full attention: fwd+bwd time vs T",
-              _bench_tcnca_args, _bench_tcnca),
+              *_module_bench("tcnca")),
     "lcm": ("second minimum of a set: LCM (learnable commutative monoid) vs sum, mean, max, GRU; "
-            "accuracy per set size, time per batch", _bench_lcm_args, _bench_lcm),
+            "accuracy per set size, time per batch", *_module_bench("lcm")),
     "lmul": ("L-Mul vs float8 products (random and a trained model's attention operands); bits per byte "
              "with L-Mul attention", _bench_lmul_args, _bench_lmul),
 }
