@@ -393,3 +393,18 @@ def test_boundary_values_are_accepted(model):
     out = model.generate(torch.tensor([[1, 2]]), 3, temperature=0.5, top_k=1, top_p=1.0, generator=gen)
     assert out.shape == (1, 5)
     assert model.generate(torch.tensor([[1, 2]]), 0).shape == (1, 2)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["bench", "lcm", "--aggregators", "foo"], "--aggregators: expected some of"),
+    (["bench", "tcnca", "--lengths", "0"], "--lengths"),
+    (["eval", "arrow", "--out", "/proc/linscan-no-such"], "--out: expected a folder that can be created"),
+])
+def test_module_benchmarks_and_arrow_refuse_bad_values_in_one_line(argv, message, capsys):
+    from linscan.cli import main
+    try:
+        code = main(argv)
+    except SystemExit as e:          # argparse's usage error (exit 2) is one line too
+        code = e.code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code in (1, 2) and message in err[-1] and "Traceback" not in "\n".join(err)

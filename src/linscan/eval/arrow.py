@@ -27,6 +27,7 @@ import torch
 
 from ..data.tasks.arrow import ArrowPointing
 from ..models.vision import MIXERS, VisionClassifier, VisionConfig
+from .runner import _check_out
 
 OPTIONS = {"mixers": "--mixers", "train_size": "--train-size", "test_size": "--test-size",
            "patch_size": "--patch", "train_images": "--train-images", "test_images": "--test-images",
@@ -59,6 +60,8 @@ def run_arrow(mixers=DEFAULT_MIXERS, *, train_size: int = 96, test_size: int | N
     except RuntimeError as e:
         raise ValueError(f"device: expected auto, cpu, cuda or cuda:N, got {device!r}") from e
     config["device"] = str(device)
+    if out:
+        _check_out(out)                                     # a file in the way fails before training
     torch.set_num_threads(threads)
     train_task = ArrowPointing(train_size)
     sizes = [train_size, test_size]

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -39,6 +38,7 @@ from ..data.tasks.forecast import (ForecastData, coupled_ar, coupled_ar_transiti
                                    load_macrodata, make_forecast_data)
 from ..models.forecast import FORECASTERS, build_forecaster
 from ..train.optim import make_optimizer, make_scheduler
+from .runner import _check_out
 
 DATASETS = {"synthetic": {"lookback": 48, "horizon": 12}, "macro": {"lookback": 8, "horizon": 4}}
 SYNTHETIC = {"variates": 8, "length": 4000, "coupling": 0.4, "ar": 0.5}   # coupled_ar options (data_options)
@@ -128,16 +128,6 @@ def load_data(data: str, *, lookback: int, horizon: int, opts: dict) -> Forecast
         raise ValueError(f"lookback: expected lookback + horizon <= {shortest} (the shortest split segment of "
                          f"the {n}-step {data} series{more}), got {lookback} + {horizon}")
     return make_forecast_data(series, lookback=lookback, horizon=horizon, fractions=FRACTIONS, names=names)
-
-
-def _check_out(out) -> None:
-    """Create ``out`` before any training, so a file in the way fails first."""
-    try:
-        Path(out).mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ValueError(f"out: expected a folder that can be created, got {str(out)!r} ({e.strerror})") from e
-    if not os.access(out, os.W_OK | os.X_OK):
-        raise ValueError(f"out: expected a writable folder, got {str(out)!r}")
 
 
 # ---------------------------------------------------------------- training and scoring
